@@ -1,0 +1,3 @@
+from prompt.cli.main import main
+
+raise SystemExit(main())

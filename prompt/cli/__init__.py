@@ -1,0 +1,1 @@
+"""The ``prompt`` command line."""

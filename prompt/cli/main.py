@@ -1,0 +1,49 @@
+"""``prompt`` command line: one parser, one Settings object built here, subcommands per module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from prompt import __version__
+from prompt.cli import db_cmd, demo_cmd, events_cmd, stack_cmd
+from prompt.config import Settings
+from prompt.logging import configure_logging
+
+COMMANDS = (stack_cmd, db_cmd, events_cmd, demo_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prompt",
+        description="Low-latency prompt processing: next-visit and image events in, alerts out.",
+    )
+    parser.add_argument("--version", action="version", version=f"prompt {__version__}")
+    parser.add_argument(
+        "--state-dir", type=Path, help="embedded stack state (env PROMPT_STATE_DIR)"
+    )
+    parser.add_argument("--log-format", choices=["auto", "json", "console"])
+    parser.add_argument("--log-level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings().with_overrides(
+        state_dir=args.state_dir, log_format=args.log_format, log_level=args.log_level
+    )
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        code: int = args.handler(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

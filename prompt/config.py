@@ -1,0 +1,64 @@
+"""The one typed settings object, built at start-up from ``PROMPT_*`` env vars and CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Topics(BaseSettings):
+    """Kafka topic names. Defaults follow the Rubin names where Rubin has one."""
+
+    model_config = SettingsConfigDict(env_prefix="PROMPT_TOPIC_", frozen=True)
+
+    next_visit: str = "lsst.sal.ScriptQueue.logevent_nextVisit"
+    next_visit_canceled: str = "lsst.sal.ScriptQueue.logevent_nextVisitCanceled"
+    image_arrival: str = "prompt.image-arrival"
+    completion: str = "prompt.completion"
+    alerts: str = "prompt.alerts"
+    dead_letter: str = "prompt.dead-letter"
+
+    def all(self) -> list[str]:
+        return [
+            self.next_visit,
+            self.next_visit_canceled,
+            self.image_arrival,
+            self.completion,
+            self.alerts,
+            self.dead_letter,
+        ]
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration. Construct once in ``main`` and pass it down; never at import."""
+
+    model_config = SettingsConfigDict(env_prefix="PROMPT_", frozen=True, extra="ignore")
+
+    # Endpoints. Unset means "use the embedded stack recorded in state_dir".
+    database_url: str | None = None
+    kafka_bootstrap: str | None = None
+    schema_registry_url: str | None = None
+
+    # Standard Kafka client security settings (honoured by aiokafka and confluent-kafka).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    topic_partitions: int = Field(default=1, ge=1)
+
+    topics: Topics = Field(default_factory=Topics)
+
+    state_dir: Path = Path(".prompt/stack")
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with the given fields replaced (CLI flags win over the environment)."""
+        kept = {k: v for k, v in changes.items() if v is not None}
+        return self.model_copy(update=kept)

@@ -1,0 +1,76 @@
+"""Kafka client settings from the one Settings object: bootstrap, SASL and SSL, for both clients."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from prompt.config import Settings
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+def aiokafka_options(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """Keyword arguments shared by AIOKafkaProducer, AIOKafkaConsumer and the admin client."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+        if settings.kafka_ssl_certfile:
+            ctx.load_cert_chain(
+                str(settings.kafka_ssl_certfile),
+                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            )
+        opts["ssl_context"] = ctx
+    if settings.kafka_sasl_mechanism:
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            opts["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return opts
+
+
+def confluent_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """librdkafka configuration with the same meaning as :func:`aiokafka_options`."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "security.protocol": settings.kafka_security_protocol.lower(),
+    }
+    if settings.kafka_ssl_cafile:
+        conf["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
+    if settings.kafka_ssl_certfile:
+        conf["ssl.certificate.location"] = str(settings.kafka_ssl_certfile)
+    if settings.kafka_ssl_keyfile:
+        conf["ssl.key.location"] = str(settings.kafka_ssl_keyfile)
+    if settings.kafka_sasl_mechanism:
+        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        conf["sasl.username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    return conf
+
+
+async def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
+    """Create the service's topics if missing. Returns those created."""
+    admin = AIOKafkaAdminClient(**aiokafka_options(settings, bootstrap))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in settings.topics.all() if t not in existing]
+        if not wanted:
+            return []
+        resp = await admin.create_topics(
+            [NewTopic(t, settings.topic_partitions, 1) for t in wanted]
+        )
+        for topic, code, *_ in getattr(resp, "topic_errors", getattr(resp, "topics", [])):
+            if code not in (0, TOPIC_ALREADY_EXISTS):
+                raise RuntimeError(f"creating topic {topic}: Kafka error code {code}")
+        return wanted
+    finally:
+        await admin.close()
