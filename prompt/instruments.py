@@ -4,10 +4,30 @@ from __future__ import annotations
 
 from typing import Final
 
-LSSTCAM_SCIENCE_RAFTS: Final = (
-    "R01 R02 R03 R10 R11 R12 R13 R14 R20 R21 R22 R23 R24 R30 R31 R32 R33 R34 R41 R42 R43".split()
-)
-LSSTCAM_SENSORS: Final = "S00 S01 S02 S10 S11 S12 S20 S21 S22".split()
+LSSTCAM_SCIENCE_RAFTS: Final = [
+    "R01",
+    "R02",
+    "R03",
+    "R10",
+    "R11",
+    "R12",
+    "R13",
+    "R14",
+    "R20",
+    "R21",
+    "R22",
+    "R23",
+    "R24",
+    "R30",
+    "R31",
+    "R32",
+    "R33",
+    "R34",
+    "R41",
+    "R42",
+    "R43",
+]
+LSSTCAM_SENSORS: Final = ["S00", "S01", "S02", "S10", "S11", "S12", "S20", "S21", "S22"]
 LSSTCAM_CORNER_RAFTS: Final = ("R00", "R04", "R40", "R44")
 LSSTCAM_CORNER_SENSORS: Final = ("SG0", "SG1", "SW0", "SW1")
 LSSTCAM_SCIENCE_DETECTORS: Final = range(189)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from prompt.cli.common import fail
 from prompt.config import Settings
 from prompt.stack import StackNotRunningError, resolve_database_url
 from prompt.store import connect, current_version, upgrade
-from prompt.cli.common import fail
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     enc.add_argument("--topic", help="topic, for the registry subject (with a schema registry)")
     for parser in (dec, enc):
         parser.add_argument(
-            "--schema-registry", help="Confluent Schema Registry URL (env PROMPT_SCHEMA_REGISTRY_URL)"
+            "--schema-registry",
+            help="Confluent Schema Registry URL (env PROMPT_SCHEMA_REGISTRY_URL)",
         )
     p.set_defaults(handler=run)
 
@@ -67,7 +68,9 @@ def _image_json(item: ImageArrival | RawObject, resolved: ImageArrival | None) -
     }
 
 
-async def _decode(kind: EventKind, value: bytes, registry_url: str | None, root: Path | None) -> Any:
+async def _decode(
+    kind: EventKind, value: bytes, registry_url: str | None, root: Path | None
+) -> Any:
     registry = make_registry(registry_url)
     try:
         codec = AvroCodec(kind, registry)
@@ -85,7 +88,9 @@ async def _decode(kind: EventKind, value: bytes, registry_url: str | None, root:
         await registry.close()
 
 
-async def _encode(kind: EventKind, record: Any, registry_url: str | None, topic: str | None) -> bytes:
+async def _encode(
+    kind: EventKind, record: Any, registry_url: str | None, topic: str | None
+) -> bytes:
     registry = make_registry(registry_url)
     try:
         if registry_url:

@@ -1,6 +1,7 @@
 """Event contracts and their codecs: next-visit, image-arrival, completion."""
 
 from prompt.events.codec import AvroCodec, Record
+from prompt.events.consumed import decode_consumed
 from prompt.events.errors import (
     DecodeError,
     EncodeError,
@@ -44,6 +45,7 @@ __all__ = [
     "SchemaRegistry",
     "UnknownSchemaError",
     "bundled",
+    "decode_consumed",
     "decode_image_message",
     "make_notification",
     "make_registry",

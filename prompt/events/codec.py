@@ -8,7 +8,7 @@ extra fields, or without fields the reader has defaults for, decode.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 
@@ -84,7 +84,7 @@ class AvroCodec:
         buf = io.BytesIO(body)
         writer, reader = plan
         try:
-            record: Record = fastavro.schemaless_reader(buf, writer, reader)
+            record = fastavro.schemaless_reader(buf, writer, reader)
         except Exception as exc:
             raise PayloadError(
                 f"Avro body ({len(body)} bytes, schema id {schema_id}) does not decode: "
@@ -97,4 +97,4 @@ class AvroCodec:
                 f"(schema id {schema_id})",
                 kind=str(self.kind),
             )
-        return record
+        return cast(Record, record)

@@ -7,8 +7,7 @@ from prompt.events.errors import DecodeError, FramingError
 from prompt.events.models import ImageArrival
 from prompt.events.notification import RawObject, parse_notification
 from prompt.events.schemas import EventKind
-
-_JSON_START = frozenset(b"{[ \t\r\n")
+from prompt.events.wire import MAGIC
 
 
 async def decode_image_message(
@@ -22,9 +21,9 @@ async def decode_image_message(
     if not value:
         raise FramingError("empty message value", kind=str(EventKind.IMAGE_ARRIVAL))
     try:
-        if value[0] in _JSON_START:
-            return list(parse_notification(value))
-        return [ImageArrival.from_record(await codec.decode(value))]
+        if value[0] == MAGIC:
+            return [ImageArrival.from_record(await codec.decode(value))]
+        return list(parse_notification(value))
     except DecodeError as exc:
         exc.kind = str(EventKind.IMAGE_ARRIVAL)
         raise

@@ -70,7 +70,10 @@ def parse_notification(value: bytes | str) -> list[RawObject]:
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise NotificationError(f"bucket notification is not JSON: {exc}") from exc
+        raise NotificationError(
+            f"neither Confluent-framed Avro (magic byte 0) nor bucket-notification JSON: "
+            f"not JSON ({exc})"
+        ) from exc
     records = doc.get("Records") if isinstance(doc, dict) else None
     if not isinstance(records, list):
         raise NotificationError("bucket notification has no 'Records' list")

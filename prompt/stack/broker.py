@@ -37,9 +37,12 @@ class EmbeddedBroker:
         argv = [
             str(tansu_binary()),
             "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         log = self.state_dir / "broker.log"
         proc = spawn(argv, log=log, tie_to_parent=tie_to_parent)

@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from prompt.stack.processes import alive, port_open, spawn, stop_pid, wait_until
+from prompt.stack.processes import alive, as_user, port_open, spawn, stop_pid, wait_until
 
 _RUN_AS = "embedded_postgres"  # PostgreSQL refuses to run as root
 
@@ -61,32 +61,45 @@ class EmbeddedPostgres:
             _hand_over(self.data_dir, user)
         log = self.data_dir.parent / "postgres.log"
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
+            done = subprocess.run(
                 [
                     str(bindir / "initdb"),
-                    "-D", str(self.data_dir),
-                    "-U", "postgres",
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
                     "--auth=trust",
                     "--encoding=UTF8",
                     "--locale=C",
                     "--no-sync",
                 ],
-                check=True,
-                user=user,
+                cwd=self.data_dir,
+                **as_user(user),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
+                text=True,
             )
+            if done.returncode != 0:
+                raise RuntimeError(f"initdb failed ({done.returncode}): {done.stderr.strip()}")
         # Durability is traded for speed: this server is for development and tests only.
         argv = [
             str(bindir / "postgres"),
-            "-D", str(self.data_dir),
-            "-h", self.host,
-            "-p", str(self.port),
-            "-k", str(self.data_dir),
-            "-c", "fsync=off",
-            "-c", "synchronous_commit=off",
-            "-c", "full_page_writes=off",
-            "-c", "max_connections=200",
+            "-D",
+            str(self.data_dir),
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.data_dir),
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
         ]
         if user:
             log.touch()

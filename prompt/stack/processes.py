@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -37,6 +39,18 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def as_user(user: str | None) -> dict[str, Any]:
+    """subprocess arguments that drop to ``user`` entirely: uid, primary and supplementary groups.
+
+    Keeping root's groups would make group permission bits (often none) apply instead of
+    "other" bits on root-owned directories.
+    """
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 def spawn(
     argv: Sequence[str],
     *,
@@ -54,7 +68,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
-            user=user,
+            **as_user(user),
             start_new_session=not tie_to_parent,
             preexec_fn=preexec,
         )
@@ -90,7 +104,9 @@ def stop_pid(pid: int | None, *, sig: int = signal.SIGTERM, timeout: float = 10.
         os.waitpid(pid, os.WNOHANG)  # reap if it was our child
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
+def wait_until(
+    check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

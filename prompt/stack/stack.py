@@ -105,8 +105,8 @@ def resolve_endpoints(settings: Settings) -> Endpoints:
     return Endpoints(resolve_database_url(settings), resolve_kafka_bootstrap(settings))
 
 
-async def wait_for_postgres(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for_postgres(url: str, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
     while True:
         try:
             conn = await asyncpg.connect(url, timeout=2)
@@ -117,12 +117,14 @@ async def wait_for_postgres(url: str, timeout: float = 30.0) -> None:
                 await conn.close()
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"PostgreSQL at {url} not ready: {exc!r}") from exc
+                raise TimeoutError(
+                    f"PostgreSQL at {url} not ready after {within_s:.0f} s: {exc!r}"
+                ) from exc
             await asyncio.sleep(0.1)
 
 
-async def wait_for_kafka(settings: Settings, bootstrap: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for_kafka(settings: Settings, bootstrap: str, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
     while True:
         admin = AIOKafkaAdminClient(**aiokafka_options(settings, bootstrap))
         try:
@@ -131,7 +133,9 @@ async def wait_for_kafka(settings: Settings, bootstrap: str, timeout: float = 30
             return
         except Exception as exc:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Kafka at {bootstrap} not ready: {exc!r}") from exc
+                raise TimeoutError(
+                    f"Kafka at {bootstrap} not ready after {within_s:.0f} s: {exc!r}"
+                ) from exc
             await asyncio.sleep(0.2)
         finally:
             await admin.close()

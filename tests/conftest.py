@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from prompt.events import NextVisit
+
+pytest_plugins = ["prompt.testing"]
+
+
+def make_next_visit(i: int = 0, **changes: Any) -> dict[str, Any]:
+    record = NextVisit(
+        instrument="LSSTCam",
+        group_id=f"2025-05-01T23:33:{i % 60:02d}.{i:03d}",
+        survey="BLOCK-365",
+        filters="r_57",
+        position=(150.25 + i, -30.5),
+        coordinate_system=2,
+        camera_angle=45.0,
+        rotation_system=2,
+        start_time=1746142431.0 + 38 * i,
+        duration=30.0,
+        nimages=1,
+        dome=2,
+        sal_index=1,
+        script_sal_index=100 + i,
+        efd_stamp=1746142400.0 + 38 * i,
+    ).to_record()
+    record.update(changes)
+    return record
+
+
+@pytest.fixture
+def next_visit_record() -> dict[str, Any]:
+    return make_next_visit()
