@@ -54,6 +54,20 @@ class Settings(BaseSettings):
 
     topics: Topics = Field(default_factory=Topics)
 
+    # Dispatcher.
+    dispatcher_name: str = "dispatcher"
+    pilot_host: str = "127.0.0.1"
+    pilot_port: int = Field(default=7070, ge=0, le=65535)
+    pilot_token: SecretStr | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    """/metrics, /healthz, /status; 0 picks a free port."""
+    heartbeat_timeout_s: float = Field(default=5.0, gt=0)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    start_from: Literal["latest", "earliest"] = "latest"
+    raw_root: Path | None = None
+    """File-based object store root (one directory per bucket) for bucket notifications."""
+
     state_dir: Path = Path(".prompt/stack")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

@@ -28,12 +28,13 @@ async def test_upgrade_is_idempotent_and_creates_the_state_tables(
         assert {"tasks", "visits", "jobs", "pilots", "held_images", "consumer_offsets"} <= tables
         # One job per visit x detector, enforced by the database itself.
         task = await conn.fetchval(
-            "INSERT INTO tasks (name, version, instrument, detectors, payload, spec_sha256)"
-            " VALUES ('t', 1, 'LSSTCam', '{1,2}', '{}'::jsonb, 'x') RETURNING id"
+            "INSERT INTO tasks (name, version, instrument, detectors, payload, job_timeout_s,"
+            " deadline_s, image_timeout_s, max_attempts, spec, spec_sha256)"
+            " VALUES ('t', 1, 'LSSTCam', '{1,2}', '{}', 60, 60, 60, 2, '{}', 'x') RETURNING id"
         )
         visit = await conn.fetchval(
             "INSERT INTO visits (instrument, group_id, task_id, next_visit, received_at)"
-            " VALUES ('LSSTCam', 'g', $1, '{}'::jsonb, now()) RETURNING id",
+            " VALUES ('LSSTCam', 'g', $1, '{}'::jsonb, 0) RETURNING id",
             task,
         )
         await conn.execute(

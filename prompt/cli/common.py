@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -15,3 +18,24 @@ def print_json(obj: Any) -> None:
 def fail(message: str, code: int = 2) -> int:
     sys.stderr.write(f"prompt: error: {message}\n")
     return code
+
+
+def run_service(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Run ``main(stop)`` on uvloop; SIGTERM/SIGINT set ``stop`` (a second one force-exits)."""
+    import uvloop
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                raise SystemExit(130)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        await main(stop)
+
+    uvloop.run(wrapper())
+    return 0

@@ -8,11 +8,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prompt import __version__
-from prompt.cli import db_cmd, demo_cmd, events_cmd, stack_cmd
+from prompt.cli import (
+    db_cmd,
+    demo_cmd,
+    events_cmd,
+    pilot_cmd,
+    serve_cmd,
+    stack_cmd,
+    status_cmd,
+    tasks_cmd,
+)
 from prompt.config import Settings
 from prompt.logging import configure_logging
 
-COMMANDS = (stack_cmd, db_cmd, events_cmd, demo_cmd)
+COMMANDS = (
+    stack_cmd,
+    db_cmd,
+    tasks_cmd,
+    serve_cmd,
+    pilot_cmd,
+    status_cmd,
+    events_cmd,
+    demo_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
 -- prompt state: dormant task templates, visits, one job per visit x detector, pilots, held
--- image arrivals, and Kafka offsets stored in the same transactions as the state they produced.
+-- image arrivals, the completion outbox, and Kafka offsets stored in the same transactions as
+-- the state they produced. Times are UTC unix seconds (double precision), as in the events.
 
 CREATE TABLE tasks (
     id              bigserial PRIMARY KEY,
@@ -11,12 +12,13 @@ CREATE TABLE tasks (
     detectors       integer[]   NOT NULL,
     payload         jsonb       NOT NULL,
     requirements    jsonb       NOT NULL DEFAULT '{}'::jsonb,
-    job_timeout_s   double precision NOT NULL DEFAULT 60,
-    deadline_s      double precision NOT NULL DEFAULT 60,
-    image_timeout_s double precision NOT NULL DEFAULT 60,
-    max_attempts    integer     NOT NULL DEFAULT 2 CHECK (max_attempts >= 1),
+    job_timeout_s   double precision NOT NULL,
+    deadline_s      double precision NOT NULL,
+    image_timeout_s double precision NOT NULL,
+    max_attempts    integer     NOT NULL CHECK (max_attempts >= 1),
     priority        integer     NOT NULL DEFAULT 0,
     position        integer     NOT NULL DEFAULT 0,
+    spec            jsonb       NOT NULL,
     spec_sha256     text        NOT NULL,
     active          boolean     NOT NULL DEFAULT true,
     created_at      timestamptz NOT NULL DEFAULT now(),
@@ -39,10 +41,10 @@ CREATE TABLE visits (
     start_time      double precision,
     duration_s      double precision,
     nimages         integer     NOT NULL DEFAULT 0,
-    expires_at      timestamptz,
-    next_visit      jsonb       NOT NULL,
-    received_at     timestamptz NOT NULL,
-    resurrected_at  timestamptz,
+    expires_at      double precision,
+    next_visit      jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    received_at     double precision NOT NULL,
+    resurrected_at  double precision,
     UNIQUE (instrument, group_id)
 );
 CREATE INDEX visits_open ON visits (expires_at) WHERE status = 'active';
@@ -53,9 +55,9 @@ CREATE TABLE pilots (
     slots           integer     NOT NULL CHECK (slots >= 1),
     state           text        NOT NULL DEFAULT 'connected'
                     CHECK (state IN ('connected', 'draining', 'lost', 'gone')),
-    cache_summary   jsonb       NOT NULL DEFAULT '{}'::jsonb,
-    registered_at   timestamptz NOT NULL DEFAULT now(),
-    last_heartbeat  timestamptz NOT NULL DEFAULT now()
+    cache_summary   jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    registered_at   double precision NOT NULL,
+    last_seen       double precision NOT NULL
 );
 
 CREATE TABLE jobs (
@@ -68,25 +70,23 @@ CREATE TABLE jobs (
                                      'canceled')),
     attempt         integer     NOT NULL DEFAULT 0,
     max_attempts    integer     NOT NULL,
-    pilot_id        text        REFERENCES pilots (id),
+    pilot_id        text,
     image_uri       text,
-    snaps_seen      integer     NOT NULL DEFAULT 0,
+    snaps_mask      integer     NOT NULL DEFAULT 0,
     cache_hit       boolean,
     error           text,
-    deadline        timestamptz,
-    image_arrived_at  timestamptz,
-    image_consumed_at timestamptz,
-    assigned_at     timestamptz,
-    dispatched_at   timestamptz,
-    started_at      timestamptz,
-    finished_at     timestamptz,
-    completed_at    timestamptz,
+    deadline        double precision,
+    image_arrived_at  double precision,
+    image_consumed_at double precision,
+    dispatched_at   double precision,
+    started_at      double precision,
+    finished_at     double precision,
+    completed_at    double precision,
     result          jsonb,
     UNIQUE (visit_id, detector)
 );
-CREATE INDEX jobs_open ON jobs (state) WHERE state NOT IN ('finished', 'failed', 'late',
-                                                           'expired', 'canceled');
-CREATE INDEX jobs_pilot ON jobs (pilot_id) WHERE state IN ('sent', 'running');
+CREATE INDEX jobs_open ON jobs (visit_id) WHERE state NOT IN ('finished', 'failed', 'late',
+                                                              'expired', 'canceled');
 
 -- Image arrivals consumed before their next-visit: matched when the visit is resurrected.
 CREATE TABLE held_images (
@@ -96,8 +96,16 @@ CREATE TABLE held_images (
     snap            integer     NOT NULL,
     uri             text        NOT NULL,
     event_time      double precision NOT NULL,
-    consumed_at     timestamptz NOT NULL,
+    consumed_at     double precision NOT NULL,
     PRIMARY KEY (instrument, group_id, detector, snap)
+);
+
+-- Completion events written in the transaction that ends the job, published after commit and
+-- deleted once the broker has them: no outcome is lost, none is published twice.
+CREATE TABLE completion_outbox (
+    job_id          bigint      PRIMARY KEY,
+    value           bytea       NOT NULL,
+    created_at      double precision NOT NULL
 );
 
 -- The next offset to read per consumer/topic/partition, written in the same transaction as the
@@ -107,6 +115,5 @@ CREATE TABLE consumer_offsets (
     topic           text        NOT NULL,
     partition       integer     NOT NULL,
     next_offset     bigint      NOT NULL,
-    updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, topic, partition)
 );

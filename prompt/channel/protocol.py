@@ -1,0 +1,100 @@
+"""Dispatcher <-> pilot wire protocol: 4-byte big-endian length, then one JSON object.
+
+One long-lived TCP (optionally TLS) connection per pilot. The first frame a pilot sends is
+``register`` carrying the shared token; nothing else is accepted before it.
+
+pilot -> dispatcher: register, heartbeat, preloaded, started, finished
+dispatcher -> pilot: welcome, refused, preload, job, ack, drain
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from typing import Any, Final
+
+import orjson
+
+MAX_FRAME: Final = 8 * 1024 * 1024
+_LEN = struct.Struct(">I")
+
+# pilot -> dispatcher
+REGISTER: Final = "register"
+HEARTBEAT: Final = "heartbeat"
+PRELOADED: Final = "preloaded"
+STARTED: Final = "started"
+FINISHED: Final = "finished"
+# dispatcher -> pilot
+WELCOME: Final = "welcome"
+REFUSED: Final = "refused"
+PRELOAD: Final = "preload"
+JOB: Final = "job"
+ACK: Final = "ack"
+DRAIN: Final = "drain"
+
+Message = dict[str, Any]
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame; the connection is closed."""
+
+
+def encode(msg: Message) -> bytes:
+    body = orjson.dumps(msg)
+    return _LEN.pack(len(body)) + body
+
+
+async def read_message(reader: asyncio.StreamReader) -> Message:
+    """Next message; raises asyncio.IncompleteReadError on a clean EOF, ProtocolError if bad."""
+    header = await reader.readexactly(_LEN.size)
+    (size,) = _LEN.unpack(header)
+    if size > MAX_FRAME:
+        raise ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME}-byte limit")
+    body = await reader.readexactly(size)
+    try:
+        msg = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from exc
+    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+        raise ProtocolError("frame is not an object with a string 't' (message type)")
+    return msg
+
+
+class Channel:
+    """A framed connection. ``send`` never awaits: frames are small and the socket buffer
+    absorbs bursts; ``drain`` is awaited off the hot path (heartbeats, large preloads)."""
+
+    __slots__ = ("_reader", "_writer", "peer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    def send(self, msg: Message) -> None:
+        if self._writer.is_closing():
+            raise ConnectionResetError("channel closed")
+        self._writer.write(encode(msg))
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    async def receive(self) -> Message:
+        return await read_message(self._reader)
+
+    @property
+    def closed(self) -> bool:
+        return self._writer.is_closing()
+
+    def abort(self) -> None:
+        """Close without waiting (e.g. a connection superseded by a reconnect)."""
+        if not self._writer.is_closing():
+            self._writer.close()
+
+    async def close(self) -> None:
+        if not self._writer.is_closing():
+            self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()

@@ -1,0 +1,52 @@
+"""``prompt pilot``: a warm pilot connected to the dispatcher."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from prompt.cli.common import fail, run_service
+from prompt.config import Settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("pilot", help="run a pilot: warm workers + calibration cache")
+    p.add_argument("--dispatcher", default=None, help="HOST:PORT of the dispatcher's pilot channel")
+    p.add_argument("--slots", type=int, default=2, help="jobs run at once (warm worker processes)")
+    p.add_argument("--pilot-id", help="stable id (default host-pid)")
+    p.add_argument("--label", action="append", default=[], help="capability label (repeatable)")
+    p.add_argument("--cache-mb", type=float, default=2048, help="calibration cache size")
+    p.add_argument("--calib-kb", type=float, default=64, help="synthetic calibration size")
+    p.add_argument("--calib-load-ms", type=float, default=50, help="synthetic calib load time")
+    p.add_argument("--heartbeat-s", type=float, default=1.0)
+    p.add_argument(
+        "--warm-import", action="append", default=[], help="module workers import at start"
+    )
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from prompt.pilot import Pilot, PilotConfig, SyntheticCalibrations
+
+    if settings.pilot_token is None:
+        return fail("PROMPT_PILOT_TOKEN must be set (the dispatcher's shared token)")
+    dispatcher = args.dispatcher or f"{settings.pilot_host}:{settings.pilot_port}"
+    extra = {"pilot_id": args.pilot_id} if args.pilot_id else {}
+    config = PilotConfig(
+        dispatcher=dispatcher,
+        token=settings.pilot_token.get_secret_value(),
+        slots=args.slots,
+        labels=tuple(args.label),
+        heartbeat_s=args.heartbeat_s,
+        cache_bytes=int(args.cache_mb * 1024 * 1024),
+        warm_imports=tuple(args.warm_import),
+        **extra,
+    )
+    source = SyntheticCalibrations(
+        nbytes=int(args.calib_kb * 1024), load_s=args.calib_load_ms / 1000
+    )
+
+    async def main(stop: asyncio.Event) -> None:
+        await Pilot(config, source).run(stop)
+
+    return run_service(main)

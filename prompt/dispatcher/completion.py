@@ -1,0 +1,48 @@
+"""The completion record of a job, as published on the completion topic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prompt.dispatcher.model import Job
+
+
+def completion_record(job: Job) -> dict[str, Any]:
+    visit = job.visit
+    result = job.result or {}
+    latency = None
+    if job.finished is not None and job.image_arrived is not None:
+        latency = job.finished - job.image_arrived
+    dispatch_ms = None
+    if job.started is not None and job.image_consumed is not None:
+        dispatch_ms = (job.started - job.image_consumed) * 1e3
+    run_s = None
+    if job.finished is not None and job.started is not None:
+        run_s = job.finished - job.started
+    assert job.completed is not None
+    return {
+        "instrument": visit.nv.instrument,
+        "groupId": visit.nv.group_id,
+        "detector": job.detector,
+        "jobId": job.id,
+        "task": visit.task.name,
+        "taskVersion": visit.task.version,
+        "status": job.state.value,
+        "attempt": job.attempt,
+        "pilot": job.pilot_id if job.attempt else None,
+        "cacheHit": job.cache_hit,
+        "error": job.error,
+        "nextVisitReceived": visit.received_at,
+        "imageArrived": job.image_arrived,
+        "imageConsumed": job.image_consumed,
+        "dispatched": job.dispatched,
+        "started": job.started,
+        "finished": job.finished,
+        "completed": job.completed,
+        "deadline": job.deadline,
+        "latencySeconds": latency,
+        "dispatchMs": dispatch_ms,
+        "runSeconds": run_s,
+        "counts": {str(k): int(v) for k, v in result.get("counts", {}).items()},
+        "stageSeconds": {str(k): float(v) for k, v in result.get("stages", {}).items()},
+    }

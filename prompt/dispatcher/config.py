@@ -1,0 +1,23 @@
+"""Dispatcher tunables, frozen once built from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    name: str = "dispatcher"
+    """Consumer name under which offsets are stored (one per dispatcher role)."""
+    token: str = ""
+    heartbeat_timeout_s: float = 5.0
+    """No heartbeat (or no reconnect after a disconnect) for this long: the pilot is lost."""
+    stale_after_s: float = 3600.0
+    """next-visits older than this (by private_efdStamp) are ignored, as Rubin does."""
+    held_ttl_s: float = 3600.0
+    """How long an image waits for its next-visit before it is dropped."""
+    tai_minus_utc_s: float = 37.0
+    drain_timeout_s: float = 30.0
+    sweep_interval_s: float = 0.1
+    start_from: str = "latest"
+    """Where to start on partitions with no stored offset: latest or earliest."""

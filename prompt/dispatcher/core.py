@@ -1,0 +1,618 @@
+"""The dispatcher: resurrects tasks on next-visit, preloads pilots, pushes jobs on image arrival,
+retries, expires and completes them. All of it runs on one event loop from in-memory state;
+durable state is written behind by the StateWriter.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import OrderedDict
+from typing import Any
+
+import asyncpg
+import structlog
+
+from prompt.channel import protocol as p
+from prompt.dispatcher.completion import completion_record
+from prompt.dispatcher.config import DispatcherConfig
+from prompt.dispatcher.model import ON_PILOT, TERMINAL, WAITING_FOR_IMAGE, Job, JobState, Visit
+from prompt.dispatcher.pilots import PilotRegistry, PilotSession
+from prompt.dispatcher.writer import OFFSET_UPSERT, StateWriter
+from prompt.events import AvroCodec, ImageArrival, NextVisit
+from prompt.instruments import detector_name
+from prompt.metrics import DispatcherMetrics
+from prompt.tasks import Task, match_task
+
+log = structlog.get_logger(__name__)
+
+VisitKey = tuple[str, str]
+CLOSED_MEMORY = 20_000
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        config: DispatcherConfig,
+        pool: asyncpg.Pool,
+        writer: StateWriter,
+        completion_codec: AvroCodec,
+        metrics: DispatcherMetrics,
+        tasks: list[Task],
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.writer = writer
+        self.completion_codec = completion_codec
+        self.metrics = metrics
+        self.tasks = tasks
+        self.pilots = PilotRegistry()
+        self.visits: dict[VisitKey, Visit] = {}
+        self.jobs: dict[int, Job] = {}
+        self.resurrecting: dict[VisitKey, list[tuple[ImageArrival, float]]] = {}
+        self.held: dict[VisitKey, list[tuple[ImageArrival, float]]] = {}
+        self.closed: OrderedDict[VisitKey, str] = OrderedDict()
+        self.canceled_groups: set[str] = set()
+        self._ready: list[tuple[float, int, Job]] = []
+        self._expiry: list[tuple[float, int, VisitKey]] = []
+        self._seq = itertools.count()
+        self._payloads: dict[int, dict[str, Any]] = {}
+        self._labels: dict[int, frozenset[str]] = {}
+        self.counts: dict[str, int] = {"duplicates": 0, "held": 0, "retries": 0}
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _payload(self, task: Task) -> dict[str, Any]:
+        payload = self._payloads.get(task.id)
+        if payload is None:
+            payload = task.spec.payload.model_dump(mode="json")
+            self._payloads[task.id] = payload
+            self._labels[task.id] = frozenset(task.spec.requirements.labels)
+        return payload
+
+    def _task_labels(self, task: Task) -> frozenset[str]:
+        self._payload(task)
+        return self._labels[task.id]
+
+    def _close_key(self, key: VisitKey, why: str) -> None:
+        self.closed[key] = why
+        while len(self.closed) > CLOSED_MEMORY:
+            self.closed.popitem(last=False)
+
+    def _duplicate(self, kind: str) -> None:
+        self.counts["duplicates"] += 1
+        self.metrics.ignored.labels(kind, "duplicate").inc()
+
+    # ---- next-visit -------------------------------------------------------------------------
+
+    async def on_next_visit(
+        self, record: dict[str, Any], topic: str, partition: int, offset: int, consumed: float
+    ) -> None:
+        """Handle one decoded next-visit; the offset is stored with whatever it produced."""
+        t0 = time.perf_counter()
+        nv = NextVisit.from_record(record)
+        key = (nv.instrument, nv.group_id)
+        reason: str | None = None
+        if not nv.instrument:
+            reason = "not_observation"
+        elif key in self.visits or key in self.resurrecting or key in self.closed:
+            self._duplicate("next-visit")
+            self.writer.offset(topic, partition, offset + 1)
+            return
+        elif nv.group_id in self.canceled_groups:
+            reason = "canceled"
+        elif nv.efd_stamp and consumed - nv.efd_stamp > self.config.stale_after_s:
+            reason = "stale"
+        task = match_task(self.tasks, nv) if reason is None else None
+        if reason is None and task is None:
+            reason = "no_task"
+        if reason is not None or task is None:
+            self.metrics.ignored.labels("next-visit", reason or "no_task").inc()
+            await self._record_ignored(
+                nv, record, reason or "no_task", consumed, topic, partition, offset
+            )
+            return
+        await self._resurrect(nv, record, task, topic, partition, offset, consumed, t0)
+
+    async def _record_ignored(
+        self,
+        nv: NextVisit,
+        record: dict[str, Any],
+        reason: str,
+        consumed: float,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> None:
+        if not nv.instrument or not nv.group_id:
+            self.writer.offset(topic, partition, offset + 1)
+            return
+        status = "canceled" if reason == "canceled" else "ignored"
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO visits (instrument, group_id, status, ignore_reason, survey,
+                       filters, next_visit, received_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                   ON CONFLICT (instrument, group_id) DO NOTHING""",
+                nv.instrument, nv.group_id, status, reason, nv.survey, nv.filters, record,
+                consumed,
+            )  # fmt: skip
+            await conn.execute(OFFSET_UPSERT, self.config.name, topic, partition, offset + 1)
+        self._close_key((nv.instrument, nv.group_id), status)
+        self.held.pop((nv.instrument, nv.group_id), None)
+        log.info("visit ignored", group=nv.group_id, instrument=nv.instrument, reason=reason)
+
+    async def _resurrect(
+        self,
+        nv: NextVisit,
+        record: dict[str, Any],
+        task: Task,
+        topic: str,
+        partition: int,
+        offset: int,
+        consumed: float,
+        t0: float,
+    ) -> None:
+        key = (nv.instrument, nv.group_id)
+        self.resurrecting[key] = []
+        try:
+            expires = nv.start_time - self.config.tai_minus_utc_s if nv.start_time else consumed
+            expires += max(nv.duration, 0.0) * 2 + task.spec.image_timeout_s
+            ra, dec = nv.position if nv.coordinate_system == 2 else (None, None)
+            async with self.pool.acquire() as conn, conn.transaction():
+                visit_id = await conn.fetchval(
+                    """INSERT INTO visits (instrument, group_id, task_id, survey, filters, ra_deg,
+                           dec_deg, start_time, duration_s, nimages, expires_at, next_visit,
+                           received_at, resurrected_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                       ON CONFLICT (instrument, group_id) DO NOTHING RETURNING id""",
+                    nv.instrument, nv.group_id, task.id, nv.survey, nv.filters, ra, dec,
+                    nv.start_time, nv.duration, nv.nimages, expires, record, consumed, time.time(),
+                )  # fmt: skip
+                rows = []
+                if visit_id is not None:
+                    rows = await conn.fetch(
+                        """INSERT INTO jobs (visit_id, detector, max_attempts)
+                           SELECT $1, d, $2 FROM unnest($3::int[]) AS d
+                           RETURNING id, detector""",
+                        visit_id,
+                        task.spec.max_attempts,
+                        list(task.detectors),
+                    )
+                    await conn.execute(
+                        "DELETE FROM held_images WHERE instrument = $1 AND group_id = $2",
+                        nv.instrument,
+                        nv.group_id,
+                    )
+                await conn.execute(OFFSET_UPSERT, self.config.name, topic, partition, offset + 1)
+        except BaseException:
+            self.resurrecting.pop(key, None)
+            raise
+        if visit_id is None:  # another instance (or an earlier life of this one) made it
+            self.resurrecting.pop(key, None)
+            self._duplicate("next-visit")
+            return
+        self.metrics.resurrect.observe(time.perf_counter() - t0)
+        visit = Visit(visit_id, nv, task, consumed, expires)
+        for row in rows:
+            job = Job(row["id"], visit, row["detector"], task.spec.max_attempts)
+            visit.jobs[job.detector] = job
+            self.jobs[job.id] = job
+        visit.open_jobs = len(rows)
+        self.visits[key] = visit
+        heapq.heappush(self._expiry, (expires, next(self._seq), key))
+        self.metrics.visits_in_flight.set(len(self.visits))
+        log.info(
+            "task resurrected", group=nv.group_id, instrument=nv.instrument, task=task.name,
+            jobs=len(rows), resurrect_ms=round((time.perf_counter() - t0) * 1e3, 2),
+        )  # fmt: skip
+        self._assign_and_preload(visit)
+        early = self.held.pop(key, []) + self.resurrecting.pop(key, [])
+        for arrival, when in early:
+            self._apply_image(visit, arrival, when)
+
+    def _assign_and_preload(self, visit: Visit) -> None:
+        labels = self._task_labels(visit.task)
+        hints: dict[str, list[dict[str, Any]]] = {}
+        nv = visit.nv
+        valid_until = visit.expires_at + visit.task.spec.deadline_s
+        for job in visit.jobs.values():
+            pilot = self.pilots.choose_for_preload(nv.instrument, job.detector, nv.filters, labels)
+            if pilot is None:
+                continue
+            job.pilot_id = pilot.id
+            job.state = JobState.PRELOADING
+            pilot.assigned += 1
+            hints.setdefault(pilot.id, []).append(
+                {
+                    "job": job.id,
+                    "instrument": nv.instrument,
+                    "detector": job.detector,
+                    "filter": nv.filters,
+                    "day_obs": visit.day_obs,
+                    "group": nv.group_id,
+                    "region": list(nv.position),
+                    "valid_until": valid_until,
+                }
+            )
+            self.writer.job(job)
+        for pilot_id, items in hints.items():
+            self.pilots.pilots[pilot_id].send({"t": p.PRELOAD, "items": items})
+
+    # ---- cancel -----------------------------------------------------------------------------
+
+    async def on_canceled(
+        self, record: dict[str, Any], topic: str, partition: int, offset: int, consumed: float
+    ) -> None:
+        group = record["groupId"]
+        matched = [v for v in self.visits.values() if v.nv.group_id == group]
+        if not matched:
+            if group and group not in self.canceled_groups:
+                self.canceled_groups.add(group)
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.execute(
+                        """INSERT INTO visits (instrument, group_id, status, ignore_reason,
+                               received_at)
+                           VALUES ('*', $1, 'canceled', 'canceled before announced', $2)
+                           ON CONFLICT (instrument, group_id) DO NOTHING""",
+                        group,
+                        consumed,
+                    )
+                    await conn.execute(
+                        OFFSET_UPSERT, self.config.name, topic, partition, offset + 1
+                    )
+                for key in [k for k in self.held if k[1] == group]:
+                    del self.held[key]
+                return
+            self.writer.offset(topic, partition, offset + 1)
+            return
+        for visit in matched:
+            n = 0
+            for job in list(visit.jobs.values()):
+                if job.state in WAITING_FOR_IMAGE or job.state is JobState.READY:
+                    job.error = "visit canceled"
+                    self._complete(job, JobState.CANCELED)
+                    n += 1
+            log.info("visit canceled", group=group, canceled_jobs=n)
+            self.writer.visit_status(visit.id, "canceled")
+        self.writer.offset(topic, partition, offset + 1)
+
+    # ---- images -----------------------------------------------------------------------------
+
+    def on_image(self, arrival: ImageArrival, consumed: float) -> None:
+        key = (arrival.instrument, arrival.group_id)
+        visit = self.visits.get(key)
+        if visit is not None:
+            self._apply_image(visit, arrival, consumed)
+            return
+        pending = self.resurrecting.get(key)
+        if pending is not None:
+            pending.append((arrival, consumed))
+            return
+        if key in self.closed or arrival.group_id in self.canceled_groups:
+            self.metrics.ignored.labels("image-arrival", "visit_closed").inc()
+            return
+        held = self.held.setdefault(key, [])
+        if any(a.detector == arrival.detector and a.snap == arrival.snap for a, _ in held):
+            self._duplicate("image-arrival")
+            return
+        held.append((arrival, consumed))
+        self.counts["held"] += 1
+        self.metrics.ignored.labels("image-arrival", "held_for_next_visit").inc()
+        self.writer.held(
+            (arrival.instrument, arrival.group_id, arrival.detector, arrival.snap, arrival.uri,
+             arrival.event_time or consumed, consumed)
+        )  # fmt: skip
+
+    def _apply_image(self, visit: Visit, arrival: ImageArrival, consumed: float) -> None:
+        job = visit.jobs.get(arrival.detector)
+        if job is None:
+            self.metrics.ignored.labels("image-arrival", "detector_not_in_task").inc()
+            return
+        bit = 1 << arrival.snap
+        if job.snaps_mask & bit or job.state not in WAITING_FOR_IMAGE:
+            self._duplicate("image-arrival")
+            return
+        job.snaps_mask |= bit
+        job.uris.append(arrival.uri)
+        job.image_uri = job.image_uri or arrival.uri
+        arrived = arrival.event_time or consumed
+        job.image_arrived = max(job.image_arrived or 0.0, arrived)
+        job.image_consumed = consumed
+        if arrival.obs_id:
+            job.obs_ids.add(arrival.obs_id)
+        if job.snaps_complete():
+            job.deadline = job.image_arrived + visit.task.spec.deadline_s
+            job.state = JobState.READY
+            self._schedule(job)
+        self.writer.job(job)
+
+    # ---- scheduling -------------------------------------------------------------------------
+
+    def _schedule(self, job: Job) -> None:
+        pilot = self.pilots.choose_for_run(job, self._task_labels(job.visit.task))
+        if pilot is None:
+            assert job.deadline is not None
+            heapq.heappush(self._ready, (job.deadline, next(self._seq), job))
+            return
+        self._push(job, pilot)
+
+    def _fields(self, job: Job) -> dict[str, Any]:
+        visit = job.visit
+        nv = visit.nv
+        obs_id = min(job.obs_ids) if job.obs_ids else ""
+        return {
+            "instrument": nv.instrument,
+            "group": nv.group_id,
+            "visit": obs_id or nv.group_id,
+            "obs_id": obs_id,
+            "detector": job.detector,
+            "detector_name": detector_name(nv.instrument, job.detector),
+            "filter": nv.filters,
+            "band": nv.filters.split("_", 1)[0],
+            "uri": job.image_uri or "",
+            "uris": list(job.uris),
+            "day_obs": visit.day_obs,
+            "nimages": visit.snaps_expected,
+            "job": job.id,
+            "attempt": job.attempt,
+            "ra": nv.position[0],
+            "dec": nv.position[1],
+            "rotation": nv.camera_angle,
+            "survey": nv.survey,
+            "task": visit.task.name,
+        }
+
+    def _push(self, job: Job, pilot: PilotSession) -> None:
+        if job.attempt:
+            self.counts["retries"] += 1
+            self.metrics.retries.inc()
+        job.attempt += 1
+        job.state = JobState.SENT
+        job.pilot_id = pilot.id
+        job.tried.add(pilot.id)
+        job.dispatched = time.time()
+        job.started = None
+        pilot.running[job.id] = job
+        sent = pilot.send(
+            {
+                "t": p.JOB,
+                "job": job.id,
+                "attempt": job.attempt,
+                "payload": self._payload(job.visit.task),
+                "fields": self._fields(job),
+                "timeout_s": job.visit.task.spec.job_timeout_s,
+                "deadline": job.deadline,
+            }
+        )
+        self.writer.job(job)
+        if not sent:
+            self._pilot_disconnected(pilot)
+
+    def fill(self, pilot: PilotSession) -> None:
+        """Give a pilot with free slots the ready jobs with the earliest deadlines."""
+        skipped: list[tuple[float, int, Job]] = []
+        while pilot.free > 0 and self._ready and pilot.accepts(pilot.labels):
+            entry = heapq.heappop(self._ready)
+            job = entry[2]
+            if job.state is not JobState.READY:
+                continue
+            if not pilot.accepts(self._task_labels(job.visit.task)):
+                skipped.append(entry)
+                continue
+            self._push(job, pilot)
+        for entry in skipped:
+            heapq.heappush(self._ready, entry)
+
+    # ---- pilot messages ---------------------------------------------------------------------
+
+    def on_started(self, pilot: PilotSession, msg: dict[str, Any]) -> None:
+        job = self.jobs.get(msg["job"])
+        if job is None or job.attempt != msg["attempt"] or job.pilot_id != pilot.id:
+            return
+        if job.state is JobState.SENT:
+            job.state = JobState.RUNNING
+            job.started = float(msg["at"])
+            if job.attempt == 1 and job.image_consumed is not None:
+                self.metrics.dispatch.observe(max(0.0, job.started - job.image_consumed))
+            self.writer.job(job)
+
+    def on_finished(self, pilot: PilotSession, msg: dict[str, Any]) -> None:
+        job_id, attempt = msg["job"], msg["attempt"]
+
+        def ack() -> None:
+            pilot.send({"t": p.ACK, "job": job_id, "attempt": attempt})
+
+        job = self.jobs.get(job_id)
+        if (
+            job is None
+            or job.terminal
+            or job.attempt != attempt
+            or job.pilot_id != pilot.id
+            or job.state not in ON_PILOT
+        ):
+            # A result we already have, or of an attempt that was superseded: nothing to do.
+            ack()
+            return
+        pilot.running.pop(job.id, None)
+        job.started = float(msg.get("started") or job.started or time.time())
+        job.finished = float(msg.get("finished") or time.time())
+        job.cache_hit = msg.get("cache_hit")
+        job.result = {
+            "counts": msg.get("counts") or {},
+            "stages": msg.get("stages") or {},
+            "log": (msg.get("log") or "")[-65536:],
+        }
+        if msg.get("ok"):
+            job.error = None
+            late = job.deadline is not None and job.finished > job.deadline
+            self._complete(job, JobState.LATE if late else JobState.FINISHED, after=ack)
+        else:
+            job.error = str(msg.get("error") or "payload failed")
+            self._retry_or_fail(job, after=ack)
+        self.fill(pilot)
+
+    def on_heartbeat(self, pilot: PilotSession, msg: dict[str, Any]) -> None:
+        pilot.last_seen = time.monotonic()
+        was_draining = pilot.draining
+        pilot.draining = bool(msg.get("draining"))
+        cache = msg.get("cache")
+        if cache is not None:
+            pilot.cache = {(c[0], int(c[1]), c[2]) for c in cache}
+        pilot.cache_stats = msg.get("cache_stats") or {}
+        if was_draining != pilot.draining:
+            log.info("pilot draining", pilot=pilot.id)
+        if pilot.free > 0 and self._ready:
+            self.fill(pilot)
+
+    def on_preloaded(self, pilot: PilotSession, msg: dict[str, Any]) -> None:
+        for item in msg.get("items", []):
+            self.metrics.preload.labels("hit" if item.get("hit") else "miss").inc()
+
+    def _retry_or_fail(self, job: Job, *, after: Any = None) -> None:
+        budget_left = job.deadline is None or time.time() < job.deadline
+        if job.attempt < job.max_attempts and budget_left:
+            log.info("job retried", job=job.id, detector=job.detector, attempt=job.attempt,
+                     error=job.error)  # fmt: skip
+            job.state = JobState.READY
+            if after is not None:
+                self.writer.after_commit(after)
+            self._schedule(job)
+            self.writer.job(job)
+            return
+        if not budget_left and job.attempt < job.max_attempts:
+            job.error = f"{job.error}; no budget left to retry"
+        self._complete(job, JobState.FAILED, after=after)
+
+    # ---- pilots coming and going ------------------------------------------------------------
+
+    def pilot_registered(self, pilot: PilotSession, claimed: list[tuple[int, int]]) -> None:
+        """A pilot (re)connected. Jobs it says it has stay with it; jobs this dispatcher thought
+        it had but it does not mention were lost with its previous connection."""
+        held_by_pilot = set(claimed)
+        for job_id, job in list(pilot.running.items()):
+            if (job_id, job.attempt) not in held_by_pilot:
+                del pilot.running[job_id]
+                self._lost(job, f"pilot {pilot.id} reconnected without the job")
+        for job_id, attempt in claimed:
+            claimed_job = self.jobs.get(job_id)
+            if (
+                claimed_job is not None
+                and claimed_job.attempt == attempt
+                and claimed_job.state in ON_PILOT
+                and claimed_job.pilot_id == pilot.id
+            ):
+                pilot.running[job_id] = claimed_job
+        self.metrics.pilots_connected.set(len(self.pilots.connected()))
+        self.writer.pilot(self._pilot_row(pilot, "connected"))
+        self.fill(pilot)
+
+    def _pilot_row(self, pilot: PilotSession, state: str) -> tuple[Any, ...]:
+        cache = [list(c) for c in sorted(pilot.cache)]
+        return (pilot.id, pilot.host, pilot.slots, state, cache, pilot.registered_at, time.time())
+
+    def _pilot_disconnected(self, pilot: PilotSession) -> None:
+        if pilot.disconnected_at is None:
+            pilot.disconnected_at = time.monotonic()
+        pilot.channel = None
+        self.metrics.pilots_connected.set(len(self.pilots.connected()))
+
+    def pilot_connection_closed(self, pilot: PilotSession, channel: Any) -> None:
+        if pilot.channel is channel:
+            self._pilot_disconnected(pilot)
+
+    def _pilot_lost(self, pilot: PilotSession, why: str) -> None:
+        log.warning("pilot lost", pilot=pilot.id, reason=why, jobs=len(pilot.running))
+        self.metrics.pilots_lost.inc()
+        pilot.channel = None
+        pilot.disconnected_at = None
+        jobs = list(pilot.running.values())
+        pilot.running.clear()
+        pilot.assigned = 0
+        pilot.cache.clear()
+        del self.pilots.pilots[pilot.id]
+        self.writer.pilot(self._pilot_row(pilot, "lost"))
+        for job in jobs:
+            self._lost(job, f"pilot {pilot.id} lost ({why})")
+        self.metrics.pilots_connected.set(len(self.pilots.connected()))
+
+    def _lost(self, job: Job, why: str) -> None:
+        if job.terminal or job.state not in ON_PILOT:
+            return
+        job.error = why
+        self._retry_or_fail(job)
+
+    # ---- completion -------------------------------------------------------------------------
+
+    def _complete(self, job: Job, status: JobState, *, after: Any = None) -> None:
+        assert status in TERMINAL
+        job.state = status
+        job.completed = time.time()
+        visit = job.visit
+        visit.open_jobs -= 1
+        if job.pilot_id is not None:
+            pilot = self.pilots.pilots.get(job.pilot_id)
+            if pilot is not None:
+                pilot.running.pop(job.id, None)
+                pilot.assigned = max(0, pilot.assigned - 1)
+        if job.finished is not None and job.image_arrived is not None:
+            self.metrics.end_to_end.observe(max(0.0, job.finished - job.image_arrived))
+        self.metrics.jobs_by[status.value].inc()
+        value = self.completion_codec.encode(completion_record(job))
+        self.writer.job(job, completion=value, after=after)
+        if visit.open_jobs <= 0:
+            self._visit_done(visit)
+
+    def _visit_done(self, visit: Visit) -> None:
+        status = "done"
+        if all(j.state is JobState.CANCELED for j in visit.jobs.values()):
+            status = "canceled"
+        self.writer.visit_status(visit.id, status)
+        self.visits.pop(visit.key, None)
+        self._close_key(visit.key, status)
+        for job in visit.jobs.values():
+            self.jobs.pop(job.id, None)
+        self.metrics.visits_in_flight.set(len(self.visits))
+        log.info("visit complete", group=visit.nv.group_id, status=status,
+                 jobs=len(visit.jobs))  # fmt: skip
+
+    # ---- periodic ---------------------------------------------------------------------------
+
+    def sweep(self, now: float | None = None) -> None:
+        """Expire visits whose images never came, declare silent pilots lost, drop stale held
+        images, and hand ready jobs to pilots with room."""
+        wall = time.time() if now is None else now
+        mono = time.monotonic()
+        timeout = self.config.heartbeat_timeout_s
+        for pilot in list(self.pilots.pilots.values()):
+            if pilot.connected and mono - pilot.last_seen > timeout:
+                self._pilot_lost(pilot, f"no heartbeat for {timeout:.1f} s")
+            elif (
+                not pilot.connected
+                and pilot.disconnected_at is not None
+                and mono - pilot.disconnected_at > timeout
+            ):
+                self._pilot_lost(pilot, f"did not reconnect within {timeout:.1f} s")
+        while self._expiry and self._expiry[0][0] <= wall:
+            _, _, key = heapq.heappop(self._expiry)
+            visit = self.visits.get(key)
+            if visit is None:
+                continue
+            for job in list(visit.jobs.values()):
+                if job.state in WAITING_FOR_IMAGE:
+                    got = job.snaps_mask.bit_count()
+                    job.error = f"image never arrived ({got}/{visit.snaps_expected} snaps)"
+                    self._complete(job, JobState.EXPIRED)
+        if self.held:
+            limit = wall - self.config.held_ttl_s
+            for key in [k for k, v in self.held.items() if v[-1][1] < limit]:
+                del self.held[key]
+                self.metrics.ignored.labels("image-arrival", "next_visit_never_came").inc()
+        if self._ready:
+            for pilot in self.pilots.pilots.values():
+                if pilot.free > 0 and pilot.connected:
+                    self.fill(pilot)
+
+    def in_flight_on_pilots(self) -> int:
+        return sum(len(p.running) for p in self.pilots.pilots.values())

@@ -1,0 +1,96 @@
+"""In-memory state of visits and jobs. PostgreSQL holds the same state durably; the dispatcher
+works from memory and writes every change behind (see writer.py)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from prompt.events.models import NextVisit
+from prompt.tasks import Task
+
+
+class JobState(enum.StrEnum):
+    DEFINED = "defined"
+    ASSIGNED = "assigned"
+    PRELOADING = "preloading"
+    READY = "ready"
+    SENT = "sent"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    LATE = "late"
+    EXPIRED = "expired"
+    CANCELED = "canceled"
+
+
+TERMINAL = frozenset(
+    {JobState.FINISHED, JobState.FAILED, JobState.LATE, JobState.EXPIRED, JobState.CANCELED}
+)
+WAITING_FOR_IMAGE = frozenset({JobState.DEFINED, JobState.ASSIGNED, JobState.PRELOADING})
+ON_PILOT = frozenset({JobState.SENT, JobState.RUNNING})
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    id: int
+    visit: Visit
+    detector: int
+    max_attempts: int
+    state: JobState = JobState.DEFINED
+    attempt: int = 0
+    pilot_id: str | None = None
+    snaps_mask: int = 0
+    image_uri: str | None = None
+    uris: list[str] = field(default_factory=list)
+    obs_ids: set[str] = field(default_factory=set)
+    cache_hit: bool | None = None
+    error: str | None = None
+    deadline: float | None = None
+    image_arrived: float | None = None
+    image_consumed: float | None = None
+    dispatched: float | None = None
+    started: float | None = None
+    finished: float | None = None
+    completed: float | None = None
+    result: dict[str, Any] | None = None
+    tried: set[str] = field(default_factory=set)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def snaps_complete(self) -> bool:
+        return self.snaps_mask.bit_count() >= self.visit.snaps_expected
+
+
+@dataclass(eq=False, slots=True)
+class Visit:
+    id: int
+    nv: NextVisit
+    task: Task
+    received_at: float
+    expires_at: float
+    jobs: dict[int, Job] = field(default_factory=dict)
+    open_jobs: int = 0
+    status: str = "active"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.nv.instrument, self.nv.group_id)
+
+    @property
+    def snaps_expected(self) -> int:
+        return max(1, self.nv.nimages)
+
+    @property
+    def day_obs(self) -> int:
+        """Rubin observing day: the UTC date twelve hours earlier, from the group id."""
+        import datetime as dt
+
+        try:
+            t = dt.datetime.fromisoformat(self.nv.group_id)
+        except ValueError:
+            t = dt.datetime.fromtimestamp(self.received_at, dt.UTC).replace(tzinfo=None)
+        return int((t - dt.timedelta(hours=12)).strftime("%Y%m%d"))

@@ -1,0 +1,94 @@
+"""Connected pilots as the dispatcher sees them, and the choice of pilot for a job."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prompt.channel.protocol import Channel, Message
+from prompt.dispatcher.model import Job
+
+
+@dataclass(eq=False)
+class PilotSession:
+    id: str
+    slots: int
+    labels: frozenset[str]
+    host: str
+    channel: Channel | None
+    registered_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.monotonic)
+    draining: bool = False
+    cache: set[tuple[str, int, str]] = field(default_factory=set)
+    cache_stats: dict[str, Any] = field(default_factory=dict)
+    running: dict[int, Job] = field(default_factory=dict)
+    assigned: int = 0
+    """Jobs assigned (preloaded) to this pilot and not yet ended: the load used for placement."""
+    disconnected_at: float | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.channel is not None and not self.channel.closed
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+    def accepts(self, labels: frozenset[str]) -> bool:
+        return self.connected and not self.draining and labels <= self.labels
+
+    def send(self, msg: Message) -> bool:
+        if self.channel is None:
+            return False
+        try:
+            self.channel.send(msg)
+            return True
+        except ConnectionError:
+            return False
+
+
+class PilotRegistry:
+    def __init__(self) -> None:
+        self.pilots: dict[str, PilotSession] = {}
+
+    def connected(self) -> list[PilotSession]:
+        return [p for p in self.pilots.values() if p.connected]
+
+    def choose_for_preload(
+        self, instrument: str, detector: int, filter: str, labels: frozenset[str]
+    ) -> PilotSession | None:
+        """Cache affinity first (a pilot holding this detector+filter), then the least loaded
+        relative to its slots. Deterministic, so consecutive visits land where caches are."""
+        best: PilotSession | None = None
+        best_rank: tuple[int, float, str] | None = None
+        key = (instrument, detector, filter)
+        for pilot in self.pilots.values():
+            if not pilot.accepts(labels):
+                continue
+            rank = (0 if key in pilot.cache else 1, pilot.assigned / pilot.slots, pilot.id)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = pilot, rank
+        return best
+
+    def choose_for_run(self, job: Job, labels: frozenset[str]) -> PilotSession | None:
+        """The assigned pilot if it has a free slot; else the free pilot with the most free
+        slots, preferring one not yet tried for this job."""
+        if job.pilot_id is not None:
+            assigned = self.pilots.get(job.pilot_id)
+            if (
+                assigned is not None
+                and assigned.accepts(labels)
+                and assigned.free > 0
+                and assigned.id not in job.tried
+            ):
+                return assigned
+        best: PilotSession | None = None
+        best_rank: tuple[int, int] | None = None
+        for pilot in self.pilots.values():
+            if pilot.free <= 0 or not pilot.accepts(labels):
+                continue
+            rank = (1 if pilot.id in job.tried else 0, -pilot.free)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = pilot, rank
+        return best

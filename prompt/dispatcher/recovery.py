@@ -1,0 +1,129 @@
+"""Rebuild the dispatcher's memory from PostgreSQL at start-up: the committed state is the truth,
+and the consumers resume from the offsets stored with it."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from typing import Any
+
+import asyncpg
+import structlog
+
+from prompt.dispatcher.core import CLOSED_MEMORY, Dispatcher
+from prompt.dispatcher.model import ON_PILOT, Job, JobState, Visit
+from prompt.dispatcher.pilots import PilotSession
+from prompt.events import ImageArrival, NextVisit
+from prompt.tasks import Task, load_task
+
+log = structlog.get_logger(__name__)
+
+
+def _job(row: asyncpg.Record, visit: Visit) -> Job:
+    return Job(
+        id=row["id"],
+        visit=visit,
+        detector=row["detector"],
+        max_attempts=row["max_attempts"],
+        state=JobState(row["state"]),
+        attempt=row["attempt"],
+        pilot_id=row["pilot_id"],
+        snaps_mask=row["snaps_mask"],
+        image_uri=row["image_uri"],
+        uris=[row["image_uri"]] if row["image_uri"] else [],
+        cache_hit=row["cache_hit"],
+        error=row["error"],
+        deadline=row["deadline"],
+        image_arrived=row["image_arrived_at"],
+        image_consumed=row["image_consumed_at"],
+        dispatched=row["dispatched_at"],
+        started=row["started_at"],
+        finished=row["finished_at"],
+        completed=row["completed_at"],
+        result=row["result"],
+    )
+
+
+async def recover_state(d: Dispatcher, conn: asyncpg.Connection) -> dict[str, Any]:
+    tasks: dict[int, Task] = {t.id: t for t in d.tasks}
+    pilot_rows = {r["id"]: r for r in await conn.fetch("SELECT id, host, slots FROM pilots")}
+    visits = await conn.fetch(
+        "SELECT * FROM visits WHERE status = 'active' AND instrument <> '*' ORDER BY id"
+    )
+    by_id: dict[int, Visit] = {}
+    for row in visits:
+        task = tasks.get(row["task_id"]) or await load_task(conn, row["task_id"])
+        if task is None:
+            continue
+        tasks[task.id] = task
+        nv = NextVisit.from_record(row["next_visit"])
+        by_id[row["id"]] = Visit(row["id"], nv, task, row["received_at"], row["expires_at"])
+    jobs = await conn.fetch(
+        "SELECT * FROM jobs WHERE visit_id = ANY($1::bigint[]) ORDER BY id", list(by_id)
+    )
+    mono = time.monotonic()
+    on_pilots = ready = 0
+    for row in jobs:
+        visit = by_id[row["visit_id"]]
+        job = _job(row, visit)
+        visit.jobs[job.detector] = job
+        if job.terminal:
+            continue
+        visit.open_jobs += 1
+        d.jobs[job.id] = job
+        if job.state in ON_PILOT and job.pilot_id:
+            # Its pilot gets until the heartbeat timeout to reconnect and claim it.
+            pilot = d.pilots.pilots.get(job.pilot_id)
+            if pilot is None:
+                prow = pilot_rows.get(job.pilot_id)
+                pilot = PilotSession(
+                    id=job.pilot_id,
+                    slots=prow["slots"] if prow else 1,
+                    labels=frozenset(),
+                    host=prow["host"] if prow else "",
+                    channel=None,
+                    disconnected_at=mono,
+                )
+                d.pilots.pilots[pilot.id] = pilot
+            pilot.running[job.id] = job
+            job.tried.add(pilot.id)
+            on_pilots += 1
+        elif job.state is JobState.READY:
+            assert job.deadline is not None
+            heapq.heappush(d._ready, (job.deadline, next(d._seq), job))
+            ready += 1
+    for visit in by_id.values():
+        if visit.open_jobs == 0:
+            d.writer.visit_status(visit.id, "done")
+            d._close_key(visit.key, "done")
+            continue
+        d.visits[visit.key] = visit
+        heapq.heappush(d._expiry, (visit.expires_at, next(d._seq), visit.key))
+    closed = await conn.fetch(
+        "SELECT instrument, group_id, status FROM visits WHERE status <> 'active'"
+        " ORDER BY id DESC LIMIT $1",
+        CLOSED_MEMORY,
+    )
+    for row in reversed(closed):
+        if row["instrument"] == "*":
+            d.canceled_groups.add(row["group_id"])
+        else:
+            d._close_key((row["instrument"], row["group_id"]), row["status"])
+    held = await conn.fetch("SELECT * FROM held_images ORDER BY consumed_at")
+    for row in held:
+        arrival = ImageArrival(
+            row["instrument"], row["group_id"], row["snap"], row["detector"], row["uri"],
+            event_time=row["event_time"],
+        )  # fmt: skip
+        d.on_image(arrival, row["consumed_at"])
+    summary = {
+        "visits": len(d.visits),
+        "open_jobs": len(d.jobs),
+        "on_pilots": on_pilots,
+        "ready": ready,
+        "held_images": len(held),
+        "closed_visits": len(closed),
+    }
+    d.metrics.visits_in_flight.set(len(d.visits))
+    log.info("state recovered", **summary)
+    return summary

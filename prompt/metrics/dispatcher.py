@@ -1,0 +1,76 @@
+"""The dispatcher's metrics. Names follow Prometheus conventions (``prompt_…_seconds``,
+``…_total``); bucket edges sit at the SLO (60 s) and at the millisecond scale of dispatch."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+MS_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+E2E_BUCKETS_S = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
+JOB_STATUSES = ("finished", "failed", "late", "expired", "canceled")
+EVENT_KINDS = ("next-visit", "next-visit-canceled", "image-arrival")
+
+
+class DispatcherMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.resurrect = Histogram(
+            "prompt_resurrect_seconds",
+            "next-visit consumed -> visit and its jobs committed",
+            buckets=MS_BUCKETS_S,
+            registry=r,
+        )
+        self.dispatch = Histogram(
+            "prompt_dispatch_seconds",
+            "image-arrival consumed -> job started on the pilot (first attempt)",
+            buckets=MS_BUCKETS_S,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "prompt_end_to_end_seconds",
+            "image arrival -> payload finished",
+            buckets=E2E_BUCKETS_S,
+            registry=r,
+        )
+        self.commit = Histogram(
+            "prompt_state_commit_seconds",
+            "one write-behind transaction",
+            buckets=MS_BUCKETS_S,
+            registry=r,
+        )
+        self.consumed = Counter(
+            "prompt_events_consumed_total", "events consumed", ["kind"], registry=r
+        )
+        self.dead_lettered = Counter(
+            "prompt_events_dead_lettered_total",
+            "events sent to the dead-letter topic",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.ignored = Counter(
+            "prompt_events_ignored_total",
+            "events consumed and deliberately not acted on",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.jobs = Counter(
+            "prompt_jobs_completed_total", "jobs by final status", ["status"], registry=r
+        )
+        self.retries = Counter("prompt_job_retries_total", "jobs dispatched again", registry=r)
+        self.completions_published = Counter(
+            "prompt_completions_published_total", "completion events on Kafka", registry=r
+        )
+        self.preload = Counter(
+            "prompt_preload_total", "preload hints by cache outcome", ["outcome"], registry=r
+        )
+        self.pilots_connected = Gauge(
+            "prompt_pilots_connected", "pilots with an open connection", registry=r
+        )
+        self.pilots_lost = Counter("prompt_pilots_lost_total", "pilots declared lost", registry=r)
+        self.visits_in_flight = Gauge(
+            "prompt_visits_in_flight", "visits with open jobs", registry=r
+        )
+        # Children used per event, made once.
+        self.consumed_by = {k: self.consumed.labels(k) for k in EVENT_KINDS}
+        self.jobs_by = {s: self.jobs.labels(s) for s in JOB_STATUSES}

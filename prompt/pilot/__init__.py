@@ -1,0 +1,15 @@
+"""Pilots: warm worker processes with a calibration cache, fed over one connection."""
+
+from prompt.pilot.agent import Pilot, PilotConfig, PilotRefusedError
+from prompt.pilot.cache import CacheKey, CalibrationCache
+from prompt.pilot.calibrations import CalibrationSource, SyntheticCalibrations
+
+__all__ = [
+    "CacheKey",
+    "CalibrationCache",
+    "CalibrationSource",
+    "Pilot",
+    "PilotConfig",
+    "PilotRefusedError",
+    "SyntheticCalibrations",
+]

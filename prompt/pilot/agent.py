@@ -1,0 +1,344 @@
+"""``prompt pilot``: one persistent connection to the dispatcher, warm workers, a calib cache.
+
+Results are kept until the dispatcher acknowledges them (after it has stored them), and are
+sent again after a reconnect; a job pushed twice with the same (job, attempt) runs once. So a
+dropped connection or a dispatcher restart neither loses nor repeats a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from prompt.channel import protocol as p
+from prompt.channel.protocol import Channel, Message, ProtocolError
+from prompt.pilot.cache import CacheKey, CalibrationCache
+from prompt.pilot.calibrations import CalibrationSource
+from prompt.pilot.workers import WorkerPool
+
+log = structlog.get_logger(__name__)
+
+JobKey = tuple[int, int]  # (job id, attempt)
+
+
+class PilotRefusedError(RuntimeError):
+    """The dispatcher refused this pilot (bad token, duplicate id): retrying will not help."""
+
+
+@dataclass(frozen=True)
+class PilotConfig:
+    dispatcher: str
+    token: str
+    pilot_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    slots: int = 2
+    labels: tuple[str, ...] = ()
+    heartbeat_s: float = 1.0
+    reconnect_min_s: float = 0.05
+    reconnect_max_s: float = 5.0
+    cache_bytes: int = 2 * 1024**3
+    drain_timeout_s: float = 300.0
+    warm_imports: tuple[str, ...] = ()
+    ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.dispatcher.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+
+class Pilot:
+    def __init__(self, config: PilotConfig, source: CalibrationSource) -> None:
+        self.config = config
+        self.source = source
+        self.cache = CalibrationCache(config.cache_bytes)
+        self.pool = WorkerPool(config.slots, self._on_result, warm_imports=config.warm_imports)
+        self.channel: Channel | None = None
+        self.running: dict[int, Message] = {}
+        self.queued: deque[Message] = deque()
+        self.unacked: dict[JobKey, Message] = {}
+        self.done: OrderedDict[JobKey, None] = OrderedDict()
+        self.preloaded: OrderedDict[int, bool] = OrderedDict()  # job -> all calibs were cached
+        self._preloading: dict[int, asyncio.Task[None]] = {}
+        self._load_locks: dict[CacheKey, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self.draining = False
+        self.connected = asyncio.Event()
+        self.jobs_run = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then drain: finish running jobs, deliver results, exit."""
+        await self.pool.start()
+        backoff = self.config.reconnect_min_s
+        try:
+            while not self._finished_draining(stop):
+                try:
+                    await self._session(stop)
+                    backoff = self.config.reconnect_min_s
+                except PilotRefusedError:
+                    raise
+                except (
+                    OSError,
+                    ConnectionError,
+                    ProtocolError,
+                    asyncio.IncompleteReadError,
+                ) as exc:
+                    log.warning("dispatcher connection lost", error=repr(exc), retry_in=backoff)
+                self.connected.clear()
+                if self._finished_draining(stop):
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, self.config.reconnect_max_s)
+        finally:
+            for task in list(self._background):
+                task.cancel()
+            await self.pool.stop()
+            self.cache.close()
+
+    def _finished_draining(self, stop: asyncio.Event) -> bool:
+        return stop.is_set() and not self.running and not self.queued and not self.unacked
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        host, port = self.config.host_port
+        reader, writer = await asyncio.open_connection(host, port, ssl=self.config.ssl_context)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        channel = Channel(reader, writer)
+        try:
+            channel.send(self._register_message())
+            reply = await asyncio.wait_for(channel.receive(), 10)
+            if reply["t"] == p.REFUSED:
+                raise PilotRefusedError(str(reply.get("reason")))
+            if reply["t"] != p.WELCOME:
+                raise ProtocolError(f"expected welcome, got {reply['t']!r}")
+            self.channel = channel
+            self.connected.set()
+            log.info("registered with dispatcher", dispatcher=self.config.dispatcher)
+            for msg in self.unacked.values():
+                channel.send(msg)
+            async with asyncio.TaskGroup() as tg:
+                reading = tg.create_task(self._read_loop(channel))
+                beating = tg.create_task(self._heartbeat_loop(channel, stop))
+                done, _ = await asyncio.wait({reading, beating}, return_when="FIRST_COMPLETED")
+                for task in (reading, beating):
+                    task.cancel()
+                for task in done:
+                    if not task.cancelled() and task.exception():
+                        raise task.exception()  # type: ignore[misc]
+        finally:
+            self.channel = None
+            await channel.close()
+
+    def _register_message(self) -> Message:
+        return {
+            "t": p.REGISTER,
+            "pilot": self.config.pilot_id,
+            "token": self.config.token,
+            "slots": self.config.slots,
+            "labels": list(self.config.labels),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "cache": self.cache.summary(),
+            # Jobs this pilot still owes a result for, including results not yet acknowledged.
+            "running": [[m["job"], m["attempt"]] for m in (*self.running.values(), *self.queued)]
+            + [list(key) for key in self.unacked],
+            "draining": self.draining,
+        }
+
+    async def _heartbeat_loop(self, channel: Channel, stop: asyncio.Event) -> None:
+        while True:
+            if stop.is_set() and not self.draining:
+                self.draining = True
+                log.info("draining: no new jobs; finishing", running=len(self.running))
+            if self._finished_draining(stop):
+                return
+            channel.send(
+                {
+                    "t": p.HEARTBEAT,
+                    "running": [[m["job"], m["attempt"]] for m in self.running.values()],
+                    "free": self.pool.idle,
+                    "draining": self.draining,
+                    "cache": self.cache.summary(),
+                    "cache_stats": vars(self.cache.stats),
+                }
+            )
+            await channel.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.heartbeat_s)
+            if stop.is_set():
+                await asyncio.sleep(min(0.05, self.config.heartbeat_s))
+
+    async def _read_loop(self, channel: Channel) -> None:
+        while True:
+            msg = await channel.receive()
+            kind = msg["t"]
+            if kind == p.JOB:
+                self._on_job(msg)
+            elif kind == p.PRELOAD:
+                self._spawn(self._preload(msg))
+            elif kind == p.ACK:
+                key = (msg["job"], msg["attempt"])
+                self.unacked.pop(key, None)
+                self._remember_done(key)
+            elif kind == p.DRAIN:
+                self.draining = True
+            else:
+                log.warning("unexpected message from dispatcher", type=kind)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # ---- calibrations ------------------------------------------------------------------------
+
+    def _keys(self, fields: dict[str, Any]) -> list[CacheKey]:
+        return self.source.keys_for(
+            fields["instrument"], int(fields["detector"]), fields["filter"], int(fields["day_obs"])
+        )
+
+    async def _ensure(self, keys: list[CacheKey]) -> dict[str, dict[str, Any]]:
+        """Load what is missing (in a thread); one load per key even if asked twice at once."""
+        handles: dict[str, dict[str, Any]] = {}
+        for key in keys:
+            entry = self.cache.get(key)
+            if entry is None:
+                lock = self._load_locks.setdefault(key, asyncio.Lock())
+                async with lock:
+                    entry = self.cache.get(key)
+                    if entry is None:
+                        entry = await asyncio.to_thread(self.source.load, key)
+                        self.cache.put(entry)
+                self._load_locks.pop(key, None)
+            handles[key.calib_type] = entry.handle()
+        return handles
+
+    async def _preload(self, msg: Message) -> None:
+        results = []
+        for item in msg["items"]:
+            job = int(item["job"])
+            keys = self._keys(item)
+            hit = all(k in self.cache for k in keys)
+            task = self._spawn(self._ensure(keys))
+            self._preloading[job] = task
+            try:
+                await task
+            except Exception as exc:
+                log.warning("preload failed", job=job, error=repr(exc))
+                hit = False
+            finally:
+                self._preloading.pop(job, None)
+            self.preloaded[job] = hit
+            while len(self.preloaded) > 10_000:
+                self.preloaded.popitem(last=False)
+            results.append({"job": job, "hit": hit})
+        if self.channel is not None:
+            self.channel.send({"t": p.PRELOADED, "items": results, "t_done": time.time()})
+
+    # ---- jobs --------------------------------------------------------------------------------
+
+    def _remember_done(self, key: JobKey) -> None:
+        self.done[key] = None
+        while len(self.done) > 10_000:
+            self.done.popitem(last=False)
+
+    def _on_job(self, msg: Message) -> None:
+        key = (msg["job"], msg["attempt"])
+        if key in self.unacked:
+            if self.channel is not None:
+                self.channel.send(self.unacked[key])
+            return
+        running = self.running.get(msg["job"])
+        if (running is not None and running["attempt"] == msg["attempt"]) or key in self.done:
+            return  # a repeated push of a job this pilot already has
+        if any(q["job"] == msg["job"] and q["attempt"] == msg["attempt"] for q in self.queued):
+            return
+        self.queued.append(msg)
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        while self.queued and self.pool.idle:
+            msg = self.queued.popleft()
+            job = msg["job"]
+            keys = self._keys(msg["fields"])
+            pending = self._preloading.get(job)
+            if pending is None and all(k in self.cache for k in keys):
+                hit = self.preloaded.pop(job, None)
+                self._submit(msg, keys, True if hit is None else hit)
+            else:
+                self.running[job] = msg  # holds the slot while calibrations load
+                self._spawn(self._load_then_submit(msg, keys, pending))
+
+    async def _load_then_submit(
+        self, msg: Message, keys: list[CacheKey], pending: asyncio.Task[None] | None
+    ) -> None:
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await pending
+        preload_hit = self.preloaded.pop(msg["job"], None)
+        missing = any(k not in self.cache for k in keys)
+        try:
+            await self._ensure(keys)
+        except Exception as exc:
+            self.running.pop(msg["job"], None)
+            self._report(msg, {"ok": False, "error": f"calibration load failed: {exc!r}",
+                               "started": time.time(), "finished": time.time(),
+                               "counts": {}, "stages": {}, "log": ""}, False)  # fmt: skip
+            return
+        self.running.pop(msg["job"], None)
+        hit = bool(preload_hit) if preload_hit is not None else not missing
+        self._submit(msg, keys, hit)
+
+    def _submit(self, msg: Message, keys: list[CacheKey], cache_hit: bool) -> None:
+        calibs = {}
+        for key in keys:
+            entry = self.cache.get(key)
+            if entry is not None:
+                calibs[key.calib_type] = entry.handle()
+        msg["cache_hit"] = cache_hit
+        self.running[msg["job"]] = msg
+        started = time.time()
+        self.pool.submit(
+            msg["job"],
+            {"job": msg["job"], "attempt": msg["attempt"], "payload": msg["payload"],
+             "fields": msg["fields"], "calibs": calibs, "timeout_s": msg["timeout_s"]},
+            float(msg["timeout_s"]),
+        )  # fmt: skip
+        if self.channel is not None:
+            self.channel.send(
+                {"t": p.STARTED, "job": msg["job"], "attempt": msg["attempt"], "at": started}
+            )
+
+    def _on_result(self, job: int, result: dict[str, Any]) -> None:
+        msg = self.running.pop(job, None)
+        if msg is None:
+            return
+        self.jobs_run += 1
+        self._report(msg, result, bool(msg.get("cache_hit")))
+        self._start_queued()
+
+    def _report(self, msg: Message, result: dict[str, Any], cache_hit: bool) -> None:
+        finished = {
+            "t": p.FINISHED,
+            "job": msg["job"],
+            "attempt": msg["attempt"],
+            "cache_hit": cache_hit,
+            **result,
+        }
+        self.unacked[(msg["job"], msg["attempt"])] = finished
+        if self.channel is not None:
+            with contextlib.suppress(ConnectionError):
+                self.channel.send(finished)

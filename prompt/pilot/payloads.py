@@ -1,0 +1,168 @@
+"""Payload runners, executed inside warm worker processes.
+
+A job message carries ``payload`` (the task's payload spec) and ``fields`` (instrument, group,
+detector, uri ...). Three kinds: ``sleep`` (load tests), ``python`` (``module:function`` called
+with a JobContext, imported once per worker) and ``argv`` (a command run without a shell; each
+template element is formatted with the fields, so a field value is always one literal argument).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing import resource_tracker, shared_memory
+from typing import Any
+
+LOG_LIMIT = 64 * 1024
+
+
+class PayloadFailed(Exception):
+    """The payload ran and reported failure (as opposed to crashing the worker)."""
+
+
+@dataclass
+class JobContext:
+    """What a Python payload receives."""
+
+    job: int
+    attempt: int
+    fields: dict[str, Any]
+    params: dict[str, Any]
+    calibs: dict[str, dict[str, Any]]
+    """calib type -> {"shm": name, "nbytes": n, "meta": {...}}; map with :meth:`calib_buffer`."""
+    counts: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
+    _maps: list[shared_memory.SharedMemory] = field(default_factory=list)
+
+    def calib_buffer(self, calib_type: str) -> memoryview:
+        handle = self.calibs[calib_type]
+        shm = shared_memory.SharedMemory(name=handle["shm"], create=False)
+        # The pilot owns the segment; stop this process's tracker from unlinking it at exit.
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+        self._maps.append(shm)
+        buf = shm.buf
+        assert buf is not None
+        return buf[: handle["nbytes"]]
+
+    def close(self) -> None:
+        for shm in self._maps:
+            shm.close()
+        self._maps.clear()
+
+
+_ENTRY_CACHE: dict[str, Callable[[JobContext], Any]] = {}
+
+
+def _entry(spec: str) -> Callable[[JobContext], Any]:
+    fn = _ENTRY_CACHE.get(spec)
+    if fn is None:
+        module, _, name = spec.partition(":")
+        fn = getattr(importlib.import_module(module), name)
+        _ENTRY_CACHE[spec] = fn
+    return fn
+
+
+def sleep_duration(params: dict[str, Any], rng: random.Random) -> float:
+    mean = float(params.get("mean_s", 1.0))
+    sigma = float(params.get("sigma", 0.0))
+    dist = params.get("distribution", "fixed")
+    if dist == "uniform":
+        value = rng.uniform(max(0.0, mean - sigma), mean + sigma)
+    elif dist == "lognormal" and mean > 0:
+        # parameterised so that the mean of the distribution is mean_s
+        mu = math.log(mean) - sigma * sigma / 2
+        value = rng.lognormvariate(mu, sigma)
+    else:
+        value = mean
+    return min(value, float(params.get("max_s", 600.0)))
+
+
+def run_sleep(ctx: JobContext) -> None:
+    rng = random.Random(ctx.job * 1000 + ctx.attempt)
+    duration = sleep_duration(ctx.params, rng)
+    time.sleep(duration)
+    ctx.stages["sleep"] = duration
+    if rng.random() < float(ctx.params.get("fail_rate", 0.0)):
+        raise PayloadFailed(
+            f"sleep payload failed on purpose (fail_rate {ctx.params['fail_rate']})"
+        )
+
+
+def format_argv(template: list[str], fields: dict[str, Any]) -> list[str]:
+    """Each element formatted on its own: values never split into or join other arguments."""
+    return [part.format_map(fields) for part in template]
+
+
+def run_argv(ctx: JobContext, payload: dict[str, Any], timeout_s: float) -> str:
+    argv = format_argv(payload["argv"], ctx.fields)
+    env = {**os.environ, **payload.get("env", {})}
+    env["PROMPT_JOB"] = str(ctx.job)
+    try:
+        proc = subprocess.run(
+            argv,
+            shell=False,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise PayloadFailed(f"command not found: {argv[0]!r}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise PayloadFailed(f"command timed out after {timeout_s:.0f} s") from exc
+    log = (proc.stdout + proc.stderr)[-LOG_LIMIT:].decode("utf-8", "replace")
+    if proc.returncode != 0:
+        tail = proc.stderr[-500:].decode("utf-8", "replace").strip()
+        raise PayloadFailed(f"exit status {proc.returncode}: {tail}")
+    return log
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job; always returns a result dict (errors included), never raises."""
+    payload = job["payload"]
+    ctx = JobContext(
+        job=job["job"],
+        attempt=job["attempt"],
+        fields=job["fields"],
+        params=payload.get("params", {}),
+        calibs=job.get("calibs", {}),
+    )
+    started = time.time()
+    log = ""
+    error: str | None = None
+    try:
+        kind = payload["kind"]
+        if kind == "sleep":
+            run_sleep(ctx)
+        elif kind == "python":
+            out = _entry(payload["entry"])(ctx)
+            if isinstance(out, dict):
+                ctx.counts.update(out.get("counts", {}))
+                ctx.stages.update(out.get("stages", {}))
+                log = str(out.get("log", ""))[-LOG_LIMIT:]
+        elif kind == "argv":
+            log = run_argv(ctx, payload, float(job.get("timeout_s", 600.0)))
+        else:
+            raise PayloadFailed(f"unknown payload kind {kind!r}")
+    except PayloadFailed as exc:
+        error = str(exc)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        ctx.close()
+    return {
+        "ok": error is None,
+        "error": error,
+        "started": started,
+        "finished": time.time(),
+        "counts": ctx.counts,
+        "stages": ctx.stages,
+        "log": log,
+    }

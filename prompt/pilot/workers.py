@@ -1,0 +1,176 @@
+"""Warm worker processes: started once, each runs one job at a time, killed only on timeout.
+
+The pilot talks to each worker over a pipe watched by the event loop, so handing a job over
+costs a pickle and a write, not a process start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from prompt.pilot.payloads import run_job
+
+_ctx = mp.get_context("spawn")
+
+
+def _worker_main(conn: Connection, warm_imports: tuple[str, ...]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pilot decides when workers stop
+    import importlib
+
+    for module in warm_imports:
+        importlib.import_module(module)
+    conn.send({"ready": os.getpid()})
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        conn.send(run_job(job))
+
+
+ResultCallback = Callable[[int, dict[str, Any]], None]
+
+
+class Worker:
+    def __init__(self, index: int, warm_imports: tuple[str, ...]) -> None:
+        self.index = index
+        parent, child = _ctx.Pipe()
+        self._conn: Connection = parent
+        self.process = _ctx.Process(
+            target=_worker_main, args=(child, warm_imports), name=f"prompt-worker-{index}",
+            daemon=True,
+        )  # fmt: skip
+        self.process.start()
+        child.close()
+        self.ready = asyncio.get_running_loop().create_future()
+        self.job: int | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def fileno(self) -> int:
+        return self._conn.fileno()
+
+    def send(self, job: dict[str, Any]) -> None:
+        self._conn.send(job)
+
+    def recv(self) -> Any:
+        return self._conn.recv()
+
+    def poll(self) -> bool:
+        return self._conn.poll()
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.process.kill()
+        self.process.join(5)
+        self._conn.close()
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.send(None)
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self._conn.close()
+
+
+class WorkerPool:
+    """N warm workers. ``submit`` hands a job to an idle worker; results come to ``on_result``."""
+
+    def __init__(
+        self, size: int, on_result: ResultCallback, *, warm_imports: tuple[str, ...] = ()
+    ) -> None:
+        self.size = size
+        self._on_result = on_result
+        self._warm = warm_imports
+        self._workers: list[Worker] = []
+        self._idle: list[Worker] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.respawns = 0
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for i in range(self.size):
+            self._spawn(i)
+        await asyncio.gather(*(w.ready for w in self._workers))
+
+    def _spawn(self, index: int) -> Worker:
+        assert self._loop is not None
+        worker = Worker(index, self._warm)
+        self._workers.append(worker)
+        self._loop.add_reader(worker.fileno(), self._readable, worker)
+        return worker
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    def submit(self, job_id: int, job: dict[str, Any], timeout_s: float) -> None:
+        worker = self._idle.pop()
+        worker.job = job_id
+        assert self._loop is not None
+        worker.timer = self._loop.call_later(timeout_s, self._timeout, worker, timeout_s)
+        worker.send(job)
+
+    def _readable(self, worker: Worker) -> None:
+        try:
+            msg = worker.recv()
+        except (EOFError, OSError):
+            self._replace(worker, f"worker process died (exit code {worker.process.exitcode})")
+            return
+        if not worker.ready.done():
+            worker.ready.set_result(None)
+            self._idle.append(worker)
+            return
+        if worker.timer:
+            worker.timer.cancel()
+        job_id, worker.job = worker.job, None
+        self._idle.append(worker)
+        if job_id is not None:
+            self._on_result(job_id, msg)
+
+    def _timeout(self, worker: Worker, timeout_s: float) -> None:
+        self._replace(worker, f"job timed out after {timeout_s:.1f} s; worker killed")
+
+    def _replace(self, worker: Worker, error: str) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(worker.fileno())
+        if worker.timer:
+            worker.timer.cancel()
+        worker.kill()
+        self._workers.remove(worker)
+        if worker in self._idle:
+            self._idle.remove(worker)
+        job_id = worker.job
+        self.respawns += 1
+        self._spawn(worker.index)
+        if not worker.ready.done():
+            worker.ready.set_exception(RuntimeError(error))
+        if job_id is not None:
+            now = time.time()
+            self._on_result(
+                job_id,
+                {"ok": False, "error": error, "started": now, "finished": now,
+                 "counts": {}, "stages": {}, "log": ""},
+            )  # fmt: skip
+
+    async def stop(self) -> None:
+        assert self._loop is not None
+        for worker in self._workers:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(worker.fileno())
+            if worker.timer:
+                worker.timer.cancel()
+        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self._workers))
+        self._workers.clear()
+        self._idle.clear()
