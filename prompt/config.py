@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     topic_partitions: int = Field(default=1, ge=1)
+    kafka_fetch_max_wait_ms: int = Field(default=10, ge=0)
+    """Upper bound a fetch is parked at the broker. Kafka answers as soon as data arrives;
+    some brokers (tansu) only at the end of the wait, so keep it short: it bounds latency,
+    and costs only idle fetch round trips."""
 
     topics: Topics = Field(default_factory=Topics)
 

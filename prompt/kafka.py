@@ -36,6 +36,18 @@ def aiokafka_options(settings: Settings, bootstrap: str) -> dict[str, Any]:
     return opts
 
 
+def consumer_options(
+    settings: Settings, bootstrap: str, *, latency_critical: bool = True
+) -> dict[str, Any]:
+    """aiokafka consumer arguments: the shared ones plus the fetch wait (short where every
+    millisecond counts, e.g. images; relaxed elsewhere to spare the broker idle fetches)."""
+    wait = settings.kafka_fetch_max_wait_ms
+    return {
+        **aiokafka_options(settings, bootstrap),
+        "fetch_max_wait_ms": wait if latency_critical else max(wait, 100),
+    }
+
+
 def confluent_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
     """librdkafka configuration with the same meaning as :func:`aiokafka_options`."""
     conf: dict[str, Any] = {

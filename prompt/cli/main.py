@@ -9,6 +9,7 @@ from pathlib import Path
 
 from prompt import __version__
 from prompt.cli import (
+    bench_cmd,
     db_cmd,
     demo_cmd,
     events_cmd,
@@ -29,6 +30,7 @@ COMMANDS = (
     pilot_cmd,
     status_cmd,
     events_cmd,
+    bench_cmd,
     demo_cmd,
 )
 

@@ -61,9 +61,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"jobs:   {status['jobs_by_state']}")
     print(f"in flight ({len(status['visits_in_flight'])}):")
     for v in status["visits_in_flight"]:
-        print(
-            f"  {v['instrument']} {v['group_id']} task={v['task']} open={v['open_jobs']}/{v['jobs']}"
-        )
+        open_jobs = f"{v['open_jobs']}/{v['jobs']}"
+        print(f"  {v['instrument']} {v['group_id']} task={v['task']} open={open_jobs}")
     print(f"pilots ({len(status['pilots'])}):")
     for p in status["pilots"]:
         print(f"  {p['id']} {p['state']} slots={p['slots']} seen {p['seen_s_ago']} s ago")

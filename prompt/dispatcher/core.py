@@ -168,7 +168,7 @@ class Dispatcher:
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                        ON CONFLICT (instrument, group_id) DO NOTHING RETURNING id""",
                     nv.instrument, nv.group_id, task.id, nv.survey, nv.filters, ra, dec,
-                    nv.start_time, nv.duration, nv.nimages, expires, record, consumed, time.time(),
+                    nv.start_time, nv.duration, nv.nimages, expires, record, consumed, None,
                 )  # fmt: skip
                 rows = []
                 if visit_id is not None:
@@ -193,7 +193,9 @@ class Dispatcher:
             self.resurrecting.pop(key, None)
             self._duplicate("next-visit")
             return
-        self.metrics.resurrect.observe(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        self.metrics.resurrect.observe(elapsed)
+        self.writer.visit_resurrected(visit_id, consumed + elapsed)
         visit = Visit(visit_id, nv, task, consumed, expires)
         for row in rows:
             job = Job(row["id"], visit, row["detector"], task.spec.max_attempts)
@@ -340,28 +342,33 @@ class Dispatcher:
 
     def _fields(self, job: Job) -> dict[str, Any]:
         visit = job.visit
-        nv = visit.nv
+        base = visit.base_fields
+        if not base:
+            nv = visit.nv
+            base.update(
+                instrument=nv.instrument,
+                group=nv.group_id,
+                filter=nv.filters,
+                band=nv.filters.split("_", 1)[0],
+                day_obs=visit.day_obs,
+                nimages=visit.snaps_expected,
+                ra=nv.position[0],
+                dec=nv.position[1],
+                rotation=nv.camera_angle,
+                survey=nv.survey,
+                task=visit.task.name,
+            )
         obs_id = min(job.obs_ids) if job.obs_ids else ""
         return {
-            "instrument": nv.instrument,
-            "group": nv.group_id,
-            "visit": obs_id or nv.group_id,
+            **base,
+            "visit": obs_id or base["group"],
             "obs_id": obs_id,
             "detector": job.detector,
-            "detector_name": detector_name(nv.instrument, job.detector),
-            "filter": nv.filters,
-            "band": nv.filters.split("_", 1)[0],
+            "detector_name": detector_name(base["instrument"], job.detector),
             "uri": job.image_uri or "",
             "uris": list(job.uris),
-            "day_obs": visit.day_obs,
-            "nimages": visit.snaps_expected,
             "job": job.id,
             "attempt": job.attempt,
-            "ra": nv.position[0],
-            "dec": nv.position[1],
-            "rotation": nv.camera_angle,
-            "survey": nv.survey,
-            "task": visit.task.name,
         }
 
     def _push(self, job: Job, pilot: PilotSession) -> None:
@@ -467,8 +474,12 @@ class Dispatcher:
             self.fill(pilot)
 
     def on_preloaded(self, pilot: PilotSession, msg: dict[str, Any]) -> None:
+        done = float(msg.get("t_done") or time.time())
         for item in msg.get("items", []):
             self.metrics.preload.labels("hit" if item.get("hit") else "miss").inc()
+            job = self.jobs.get(int(item["job"]))
+            if job is not None and job.pilot_id == pilot.id:
+                job.preloaded = done
 
     def _retry_or_fail(self, job: Job, *, after: Any = None) -> None:
         budget_left = job.deadline is None or time.time() < job.deadline

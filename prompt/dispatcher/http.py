@@ -22,6 +22,7 @@ def status_snapshot(d: Dispatcher) -> dict[str, Any]:
                 "task": v.task.name,
                 "open_jobs": v.open_jobs,
                 "jobs": len(v.jobs),
+                "preloaded": sum(1 for j in v.jobs.values() if j.preloaded is not None),
             }
             for v in d.visits.values()
         ],

@@ -65,6 +65,7 @@ class Intake:
         self,
         *,
         consumer_options: dict[str, Any],
+        control_options: dict[str, Any],
         name: str,
         topics: dict[str, str],
         dispatcher: Dispatcher,
@@ -76,6 +77,7 @@ class Intake:
         start_from: str,
     ) -> None:
         self._opts = consumer_options
+        self._control_opts = control_options
         self._name = name
         self._topics = topics  # kind -> topic
         self._kind_of = {t: k for k, t in topics.items()}
@@ -102,19 +104,20 @@ class Intake:
             )
         stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
         self.control = await self._consumer(
-            [self._topics["next-visit"], self._topics["next-visit-canceled"]], stored
+            [self._topics["next-visit"], self._topics["next-visit-canceled"]],
+            stored,
+            self._control_opts,
         )
-        self.images = await self._consumer([self._topics["image-arrival"]], stored)
+        self.images = await self._consumer([self._topics["image-arrival"]], stored, self._opts)
         return {f"{t}[{p}]": o for (t, p), o in stored.items()}
 
     async def _consumer(
-        self, topics: list[str], stored: dict[tuple[str, int], int]
+        self, topics: list[str], stored: dict[tuple[str, int], int], opts: dict[str, Any]
     ) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
-            **self._opts,
+            **opts,
             group_id=None,
             enable_auto_commit=False,
-            fetch_max_wait_ms=20,
             max_poll_records=2000,
         )
         await consumer.start()

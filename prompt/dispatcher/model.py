@@ -3,6 +3,7 @@ works from memory and writes every change behind (see writer.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,8 @@ class Job:
     completed: float | None = None
     result: dict[str, Any] | None = None
     tried: set[str] = field(default_factory=set)
+    preloaded: float | None = None
+    """When the assigned pilot reported its calibrations loaded."""
 
     @property
     def terminal(self) -> bool:
@@ -84,13 +87,18 @@ class Visit:
     def snaps_expected(self) -> int:
         return max(1, self.nv.nimages)
 
-    @property
-    def day_obs(self) -> int:
-        """Rubin observing day: the UTC date twelve hours earlier, from the group id."""
-        import datetime as dt
+    base_fields: dict[str, Any] = field(default_factory=dict)
+    """Payload fields shared by all jobs of the visit, built once at resurrection."""
+    day_obs: int = 0
 
-        try:
-            t = dt.datetime.fromisoformat(self.nv.group_id)
-        except ValueError:
-            t = dt.datetime.fromtimestamp(self.received_at, dt.UTC).replace(tzinfo=None)
-        return int((t - dt.timedelta(hours=12)).strftime("%Y%m%d"))
+    def __post_init__(self) -> None:
+        self.day_obs = _day_obs(self.nv.group_id, self.received_at)
+
+
+def _day_obs(group_id: str, fallback: float) -> int:
+    """Rubin observing day: the UTC date twelve hours earlier (from the ISO group id)."""
+    try:
+        t = dt.datetime.fromisoformat(group_id)
+    except ValueError:
+        t = dt.datetime.fromtimestamp(fallback, dt.UTC).replace(tzinfo=None)
+    return int((t - dt.timedelta(hours=12)).strftime("%Y%m%d"))

@@ -81,7 +81,8 @@ class PilotServer:
                     log.warning("unknown pilot message", pilot=session.id, type=kind)
         except (asyncio.IncompleteReadError, ConnectionError, ProtocolError) as exc:
             if session is not None:
-                log.warning("pilot connection closed", pilot=session.id, error=repr(exc))
+                level = log.info if session.draining else log.warning
+                level("pilot connection closed", pilot=session.id, error=repr(exc))
         finally:
             self._connections.discard(channel)
             if session is not None:

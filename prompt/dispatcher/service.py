@@ -30,8 +30,9 @@ from prompt.dispatcher.recovery import recover_state
 from prompt.dispatcher.writer import StateWriter
 from prompt.events import AvroCodec, EventKind, make_registry
 from prompt.events.raw_metadata import RawMetadataResolver
-from prompt.kafka import aiokafka_options
+from prompt.kafka import aiokafka_options, consumer_options
 from prompt.metrics import DispatcherMetrics
+from prompt.runtime import freeze_startup_objects
 from prompt.stack import resolve_endpoints
 from prompt.store import create_pool
 from prompt.tasks import load_active_tasks
@@ -93,10 +94,10 @@ async def serve(
     runner: web.AppRunner | None = None
     intake: Intake | None = None
     server: PilotServer | None = None
+    leader: asyncpg.Connection | None = None
     try:
         leader = await pool.acquire()
         if not await _take_leadership(leader, config.name, stop):
-            await pool.release(leader)
             return
         await producer.start()
         topics = settings.topics
@@ -141,7 +142,10 @@ async def serve(
         dead_letters = DeadLetters(producer, topics.dead_letter, metrics)
         resolver = RawMetadataResolver(settings.raw_root) if settings.raw_root else None
         intake = Intake(
-            consumer_options=kafka_opts,
+            consumer_options=consumer_options(settings, endpoints.kafka_bootstrap),
+            control_options=consumer_options(
+                settings, endpoints.kafka_bootstrap, latency_critical=False
+            ),
             name=config.name,
             topics={
                 "next-visit": topics.next_visit,
@@ -170,6 +174,7 @@ async def serve(
                 tg.create_task(publisher.run(), name="completion-publisher"),
                 tg.create_task(_sweeper(dispatcher, config.sweep_interval_s), name="sweeper"),
             ]
+            freeze_startup_objects()
             await _wait_for_pilots(dispatcher, config.heartbeat_timeout_s, stop)
             positions = await intake.start(pool)
             loops = [
@@ -208,7 +213,10 @@ async def serve(
             await runner.cleanup()
         await producer.stop()
         await registry.close()
-        await pool.close()
+        if leader is not None:
+            await leader.reset()  # drops listeners and the leader lock
+            await pool.release(leader)
+        await asyncio.wait_for(pool.close(), 10)
 
 
 async def _sweeper(d: Dispatcher, interval: float) -> None:

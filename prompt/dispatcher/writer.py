@@ -32,6 +32,7 @@ ON CONFLICT (job_id) DO NOTHING"""
 _HELD = """INSERT INTO held_images (instrument, group_id, detector, snap, uri, event_time,
     consumed_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"""
 _VISIT = "UPDATE visits SET status = $2 WHERE id = $1 AND status = 'active'"
+_RESURRECTED = "UPDATE visits SET resurrected_at = $2 WHERE id = $1"
 _PILOT = """INSERT INTO pilots (id, host, slots, state, cache_summary, registered_at, last_seen)
 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host,
     slots = EXCLUDED.slots, state = EXCLUDED.state, cache_summary = EXCLUDED.cache_summary,
@@ -55,6 +56,7 @@ class Batch:
     outbox: dict[int, bytes] = field(default_factory=dict)
     held: list[tuple[Any, ...]] = field(default_factory=list)
     visits: dict[int, str] = field(default_factory=dict)
+    resurrected: dict[int, float] = field(default_factory=dict)
     pilots: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     after: list[Callable[[], None]] = field(default_factory=list)
@@ -62,7 +64,7 @@ class Batch:
     def empty(self) -> bool:
         return not (
             self.jobs or self.outbox or self.held or self.visits or self.pilots or self.offsets
-            or self.after
+            or self.after or self.resurrected
         )  # fmt: skip
 
     def merge_newer(self, newer: Batch) -> Batch:
@@ -71,6 +73,7 @@ class Batch:
         self.outbox.update(newer.outbox)
         self.held.extend(newer.held)
         self.visits.update(newer.visits)
+        self.resurrected.update(newer.resurrected)
         self.pilots.update(newer.pilots)
         for key, off in newer.offsets.items():
             self.offsets[key] = max(off, self.offsets.get(key, 0))
@@ -86,11 +89,15 @@ class StateWriter:
         on_outbox: Callable[[dict[int, bytes]], None],
         *,
         observe_commit: Callable[[float, int], None] | None = None,
+        coalesce_s: float = 0.005,
     ) -> None:
+        """``coalesce_s``: after the first change, wait this long for more before committing,
+        so a burst becomes one transaction that runs after the burst, not during it."""
         self._pool = pool
         self._consumer = consumer
         self._on_outbox = on_outbox
         self._observe = observe_commit
+        self._coalesce_s = coalesce_s
         self._batch = Batch()
         self._wake = asyncio.Event()
         self._committed = asyncio.Event()
@@ -123,6 +130,11 @@ class StateWriter:
         self._batch.visits[visit_id] = status
         self._wake.set()
 
+    def visit_resurrected(self, visit_id: int, committed_at: float) -> None:
+        """When the resurrection transaction had committed (measured by the dispatcher)."""
+        self._batch.resurrected[visit_id] = committed_at
+        self._wake.set()
+
     def pilot(self, row: tuple[Any, ...]) -> None:
         self._batch.pilots[row[0]] = row
         self._wake.set()
@@ -145,6 +157,8 @@ class StateWriter:
         while True:
             if pending is None:
                 await self._wake.wait()
+                if self._coalesce_s:
+                    await asyncio.sleep(self._coalesce_s)
             self._wake.clear()
             batch, self._batch = self._batch, Batch()
             self._generation += 1
@@ -187,6 +201,8 @@ class StateWriter:
                 await conn.executemany(_HELD, batch.held)
             if batch.visits:
                 await conn.executemany(_VISIT, list(batch.visits.items()))
+            if batch.resurrected:
+                await conn.executemany(_RESURRECTED, list(batch.resurrected.items()))
             if batch.pilots:
                 await conn.executemany(_PILOT, list(batch.pilots.values()))
             if batch.offsets:

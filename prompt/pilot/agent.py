@@ -24,6 +24,7 @@ from prompt.channel.protocol import Channel, Message, ProtocolError
 from prompt.pilot.cache import CacheKey, CalibrationCache
 from prompt.pilot.calibrations import CalibrationSource
 from prompt.pilot.workers import WorkerPool
+from prompt.runtime import freeze_startup_objects
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +47,8 @@ class PilotConfig:
     reconnect_max_s: float = 5.0
     cache_bytes: int = 2 * 1024**3
     drain_timeout_s: float = 300.0
+    preload_concurrency: int = 8
+    worker_nice: int = 5
     warm_imports: tuple[str, ...] = ()
     ssl_context: ssl.SSLContext | None = None
 
@@ -60,7 +63,10 @@ class Pilot:
         self.config = config
         self.source = source
         self.cache = CalibrationCache(config.cache_bytes)
-        self.pool = WorkerPool(config.slots, self._on_result, warm_imports=config.warm_imports)
+        self.pool = WorkerPool(
+            config.slots, self._on_result, warm_imports=config.warm_imports,
+            nice=config.worker_nice,
+        )  # fmt: skip
         self.channel: Channel | None = None
         self.running: dict[int, Message] = {}
         self.queued: deque[Message] = deque()
@@ -79,6 +85,7 @@ class Pilot:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then drain: finish running jobs, deliver results, exit."""
         await self.pool.start()
+        freeze_startup_objects()
         backoff = self.config.reconnect_min_s
         try:
             while not self._finished_draining(stop):
@@ -227,24 +234,29 @@ class Pilot:
         return handles
 
     async def _preload(self, msg: Message) -> None:
-        results = []
-        for item in msg["items"]:
+        """Load every hinted calibration now, several at once, before the images exist."""
+        limit = asyncio.Semaphore(self.config.preload_concurrency)
+
+        async def one(item: dict[str, Any]) -> dict[str, Any]:
             job = int(item["job"])
             keys = self._keys(item)
             hit = all(k in self.cache for k in keys)
-            task = self._spawn(self._ensure(keys))
-            self._preloading[job] = task
-            try:
-                await task
-            except Exception as exc:
-                log.warning("preload failed", job=job, error=repr(exc))
-                hit = False
-            finally:
-                self._preloading.pop(job, None)
+            async with limit:
+                task = self._spawn(self._ensure(keys))
+                self._preloading[job] = task
+                try:
+                    await task
+                except Exception as exc:
+                    log.warning("preload failed", job=job, error=repr(exc))
+                    hit = False
+                finally:
+                    self._preloading.pop(job, None)
             self.preloaded[job] = hit
-            while len(self.preloaded) > 10_000:
-                self.preloaded.popitem(last=False)
-            results.append({"job": job, "hit": hit})
+            return {"job": job, "hit": hit}
+
+        results = await asyncio.gather(*(one(item) for item in msg["items"]))
+        while len(self.preloaded) > 10_000:
+            self.preloaded.popitem(last=False)
         if self.channel is not None:
             self.channel.send({"t": p.PRELOADED, "items": results, "t_done": time.time()})
 

@@ -16,38 +16,49 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+import orjson
+
 from prompt.pilot.payloads import run_job
 
-_ctx = mp.get_context("spawn")
+# Workers fork from a forkserver that has the payload runner imported: a pilot with many slots
+# starts in well under a second, and no worker inherits the pilot's event loop or sockets.
+_ctx = mp.get_context("forkserver")
+_ctx.set_forkserver_preload(["prompt.pilot.payloads"])
 
 
-def _worker_main(conn: Connection, warm_imports: tuple[str, ...]) -> None:
+def _worker_main(conn: Connection, warm_imports: tuple[str, ...], nice: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pilot decides when workers stop
+    if nice:
+        os.nice(nice)
+        # Payloads are batch computation: SCHED_BATCH stops a waking worker from preempting
+        # the pilot, whose hand-offs and heartbeats are the latency-critical part.
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     import importlib
 
     for module in warm_imports:
         importlib.import_module(module)
-    conn.send({"ready": os.getpid()})
+    conn.send_bytes(orjson.dumps({"ready": os.getpid()}))
     while True:
         try:
-            job = conn.recv()
+            frame = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        if job is None:
+        if not frame:
             return
-        conn.send(run_job(job))
+        conn.send_bytes(orjson.dumps(run_job(orjson.loads(frame))))
 
 
 ResultCallback = Callable[[int, dict[str, Any]], None]
 
 
 class Worker:
-    def __init__(self, index: int, warm_imports: tuple[str, ...]) -> None:
+    def __init__(self, index: int, warm_imports: tuple[str, ...], nice: int) -> None:
         self.index = index
         parent, child = _ctx.Pipe()
         self._conn: Connection = parent
         self.process = _ctx.Process(
-            target=_worker_main, args=(child, warm_imports), name=f"prompt-worker-{index}",
+            target=_worker_main, args=(child, warm_imports, nice), name=f"prompt-worker-{index}",
             daemon=True,
         )  # fmt: skip
         self.process.start()
@@ -60,10 +71,10 @@ class Worker:
         return self._conn.fileno()
 
     def send(self, job: dict[str, Any]) -> None:
-        self._conn.send(job)
+        self._conn.send_bytes(orjson.dumps(job))
 
     def recv(self) -> Any:
-        return self._conn.recv()
+        return orjson.loads(self._conn.recv_bytes())
 
     def poll(self) -> bool:
         return self._conn.poll()
@@ -76,7 +87,7 @@ class Worker:
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
-            self._conn.send(None)
+            self._conn.send_bytes(b"")
         self.process.join(5)
         if self.process.is_alive():
             self.process.kill()
@@ -88,11 +99,19 @@ class WorkerPool:
     """N warm workers. ``submit`` hands a job to an idle worker; results come to ``on_result``."""
 
     def __init__(
-        self, size: int, on_result: ResultCallback, *, warm_imports: tuple[str, ...] = ()
+        self,
+        size: int,
+        on_result: ResultCallback,
+        *,
+        warm_imports: tuple[str, ...] = (),
+        nice: int = 0,
     ) -> None:
+        """``nice`` lowers the workers' CPU priority below the pilot's: the pilot's control
+        loop (hand-offs, heartbeats) stays responsive while payloads use the rest."""
         self.size = size
         self._on_result = on_result
         self._warm = warm_imports
+        self._nice = nice
         self._workers: list[Worker] = []
         self._idle: list[Worker] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -106,7 +125,7 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> Worker:
         assert self._loop is not None
-        worker = Worker(index, self._warm)
+        worker = Worker(index, self._warm, self._nice)
         self._workers.append(worker)
         self._loop.add_reader(worker.fileno(), self._readable, worker)
         return worker

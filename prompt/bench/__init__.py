@@ -1,0 +1,1 @@
+"""Benchmarks that print numbers: ``prompt bench dispatch``."""

@@ -1,0 +1,48 @@
+"""``prompt bench dispatch``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+import orjson
+
+from prompt.cli.common import print_json
+from prompt.config import Settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("bench", help="benchmarks that print numbers")
+    kinds = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    d = kinds.add_parser(
+        "dispatch", help="image burst -> jobs started, on the embedded stack with real pilots"
+    )
+    d.add_argument("--visits", type=int, default=20)
+    d.add_argument("--detectors", type=int, default=189)
+    d.add_argument("--pilots", type=int, default=2, help="pilot processes")
+    d.add_argument("--slots", type=int, default=96, help="warm workers per pilot")
+    d.add_argument("--sleep-s", type=float, default=0.1, help="sleep payload duration")
+    d.add_argument("--json", type=Path, help="also write the result here")
+    d.add_argument("--logs", type=Path, default=Path(".prompt/bench-logs"))
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from prompt.bench.dispatch import BenchShape, run_bench
+
+    shape = BenchShape(
+        visits=args.visits, detectors=args.detectors, pilots=args.pilots, slots=args.slots,
+        sleep_s=args.sleep_s,
+    )  # fmt: skip
+    if shape.pilots * shape.slots < shape.detectors:
+        print(
+            f"note: {shape.pilots}x{shape.slots} slots < {shape.detectors} detectors: "
+            "dispatch_ms will include waiting for a free slot"
+        )
+    result = asyncio.run(run_bench(settings, shape, args.logs))
+    print_json(result)
+    if args.json:
+        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    ok = result["lost"] == 0 and result["duplicates"] == 0
+    return 0 if ok else 1
