@@ -142,10 +142,18 @@ class ServiceProcess:
                 await asyncio.sleep(0.1)
 
 
-def start_dispatcher(settings: Settings, *, log_dir: Path) -> ServiceProcess:
+def start_dispatcher(
+    settings: Settings,
+    *,
+    log_dir: Path,
+    pilot_port: int | None = None,
+    http_port: int | None = None,
+) -> ServiceProcess:
+    """A ``prompt serve`` process (ports fixed by the caller to restart one in place)."""
     from prompt.stack.processes import free_port
 
-    pilot_port, http_port = free_port(), free_port()
+    pilot_port = pilot_port or free_port()
+    http_port = http_port or free_port()
     env = settings_env(settings)
     env.update(PROMPT_PILOT_PORT=str(pilot_port), PROMPT_HTTP_PORT=str(http_port))
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -135,15 +135,20 @@ class Pilot:
             log.info("registered with dispatcher", dispatcher=self.config.dispatcher)
             for msg in self.unacked.values():
                 channel.send(msg)
-            async with asyncio.TaskGroup() as tg:
-                reading = tg.create_task(self._read_loop(channel))
-                beating = tg.create_task(self._heartbeat_loop(channel, stop))
+            # Either loop ending ends the session; the other is cancelled and awaited. (Not a
+            # TaskGroup: its ExceptionGroup would hide the connection error run() retries on.)
+            reading = asyncio.create_task(self._read_loop(channel))
+            beating = asyncio.create_task(self._heartbeat_loop(channel, stop))
+            try:
                 done, _ = await asyncio.wait({reading, beating}, return_when="FIRST_COMPLETED")
+            finally:
                 for task in (reading, beating):
                     task.cancel()
-                for task in done:
-                    if not task.cancelled() and task.exception():
-                        raise task.exception()  # type: ignore[misc]
+                await asyncio.gather(reading, beating, return_exceptions=True)
+            for task in done:
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
         finally:
             self.channel = None
             await channel.close()

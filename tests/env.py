@@ -1,0 +1,109 @@
+"""A dispatcher with pilots on the test's isolated database and topics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import SecretStr
+
+from prompt.cluster import (
+    CompletionCollector,
+    EventSender,
+    InProcessDispatcher,
+    apply_task_file,
+    wait_for_pilots,
+)
+from prompt.config import Settings
+from prompt.pilot import Pilot, PilotConfig, SyntheticCalibrations
+from prompt.tasks import TaskFile
+
+
+def service_settings(settings: Settings, **changes: Any) -> Settings:
+    base = {
+        "pilot_port": 0,
+        "http_port": 0,
+        "pilot_token": SecretStr("test-token"),
+        "heartbeat_timeout_s": 1.5,
+        "drain_timeout_s": 10.0,
+        "start_from": "earliest",
+    }
+    return settings.with_overrides(**{**base, **changes})
+
+
+@dataclass
+class Env:
+    settings: Settings
+    running: Any
+    sender: EventSender
+    completions: CompletionCollector
+    pilots: list[Pilot] = field(default_factory=list)
+    pilot_stops: list[asyncio.Event] = field(default_factory=list)
+    pilot_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def dispatcher(self) -> Any:
+        return self.running.dispatcher
+
+    async def add_pilot(self, pilot_id: str, slots: int = 4, load_s: float = 0.005) -> Pilot:
+        config = PilotConfig(
+            dispatcher=f"127.0.0.1:{self.running.pilot_port}",
+            token="test-token",
+            pilot_id=pilot_id,
+            slots=slots,
+            heartbeat_s=0.25,
+            reconnect_max_s=0.5,
+        )
+        pilot = Pilot(config, SyntheticCalibrations(nbytes=4096, load_s=load_s))
+        stop = asyncio.Event()
+        self.pilots.append(pilot)
+        self.pilot_stops.append(stop)
+        self.pilot_tasks.append(asyncio.get_running_loop().create_task(pilot.run(stop)))
+        await wait_for_pilots(self.running, len(self.dispatcher.pilots.connected()) + 1)
+        return pilot
+
+    async def until(self, check: Any, timeout: float = 30.0, what: str = "condition") -> None:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.02)
+
+    async def visit_preloaded(self, group: str, timeout: float = 30.0) -> None:
+        def done() -> bool:
+            for visit in self.dispatcher.visits.values():
+                if visit.nv.group_id == group:
+                    return all(j.preloaded is not None for j in visit.jobs.values())
+            return False
+
+        await self.until(done, timeout)
+
+
+@contextlib.asynccontextmanager
+async def dispatcher_env(
+    settings: Settings, tasks: TaskFile, *, pilots: int = 2, slots: int = 4
+) -> AsyncIterator[Env]:
+    settings = service_settings(settings)
+    await apply_task_file(settings, tasks)
+    async with (
+        InProcessDispatcher(settings) as running,
+        EventSender(settings) as sender,
+        CompletionCollector(settings) as completions,
+    ):
+        env = Env(settings, running, sender, completions)
+        try:
+            for i in range(pilots):
+                await env.add_pilot(f"pilot-{i}", slots=slots)
+            yield env
+        finally:
+            for stop in env.pilot_stops:
+                stop.set()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(30):
+                    await asyncio.gather(*env.pilot_tasks, return_exceptions=True)
+
+
+def group_id(tag: str) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{tag}"

@@ -1,0 +1,179 @@
+"""Pilots and the dispatcher dying at the worst moments: nothing lost, nothing doubled."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from prompt.cluster import (
+    CompletionCollector,
+    EventSender,
+    InProcessDispatcher,
+    apply_task_file,
+    image_arrivals,
+    next_visit_for,
+    sleep_task_file,
+    start_dispatcher,
+    start_pilot,
+    wait_for_pilots,
+)
+from prompt.config import Settings
+from prompt.dispatcher.model import JobState
+from prompt.stack.processes import free_port
+from prompt.store import connect
+from tests.env import dispatcher_env, group_id, service_settings
+
+pytestmark = pytest.mark.stack
+
+
+async def test_pilot_killed_mid_job_is_redispatched(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    settings = service_settings(isolated_settings)
+    await apply_task_file(settings, sleep_task_file(mean_s=1.5, detectors="0-19"))
+    async with (
+        InProcessDispatcher(settings) as running,
+        EventSender(settings) as sender,
+        CompletionCollector(settings) as completions,
+    ):
+        pilots = [
+            start_pilot(settings, running.pilot_port, f"p{i}", slots=10, log_dir=tmp_path)
+            for i in range(2)
+        ]
+        try:
+            await wait_for_pilots(running, 2)
+            d = running.dispatcher
+            nv = next_visit_for(group_id("kill"), start_utc=time.time())
+            await sender.next_visit(nv)
+            await sender.images(image_arrivals(nv, range(20)))
+            async with asyncio.timeout(20):
+                while sum(j.state is JobState.RUNNING for j in d.jobs.values()) < 20:
+                    await asyncio.sleep(0.02)
+            victim = next(p for p in pilots if d.pilots.pilots[p.pilot_id].running)
+            on_victim = set(d.pilots.pilots[victim.pilot_id].running)
+            victim.kill()
+            await completions.wait_for(20, timeout=60)
+            await asyncio.sleep(0.5)
+        finally:
+            for p in pilots:
+                if p.proc.poll() is None:
+                    p.terminate()
+    assert completions.duplicates() == 0
+    assert Counter(r["status"] for r in completions.records) == {"finished": 20}
+    for r in completions.records:
+        if r["jobId"] in on_victim:
+            assert r["attempt"] == 2 and r["pilot"] != victim.pilot_id
+        else:
+            assert r["attempt"] == 1
+    assert running.metrics.pilots_lost._value.get() == 1
+
+
+async def test_reconnecting_pilot_keeps_its_jobs(isolated_settings: Settings) -> None:
+    async with dispatcher_env(isolated_settings, sleep_task_file(mean_s=1.0, detectors="0-7"),
+                              pilots=1, slots=8) as env:  # fmt: skip
+        nv = next_visit_for(group_id("blip"), start_utc=time.time())
+        await env.sender.next_visit(nv)
+        await env.sender.images(image_arrivals(nv, range(8)))
+        d = env.dispatcher
+        await env.until(lambda: sum(j.state is JobState.RUNNING for j in d.jobs.values()) == 8)
+        session = d.pilots.pilots["pilot-0"]
+        assert session.channel is not None
+        session.channel.abort()  # the network drops the connection; the pilot reconnects
+        await env.completions.wait_for(8)
+        await asyncio.sleep(0.5)
+    assert Counter((r["status"], r["attempt"]) for r in env.completions.records) == {
+        ("finished", 1): 8
+    }
+    assert env.pilots[0].jobs_run == 8, "no job ran twice"
+    assert env.running.metrics.pilots_lost._value.get() == 0
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+async def test_dispatcher_restart_between_next_visit_and_images(
+    isolated_settings: Settings, tmp_path: Path, how: str
+) -> None:
+    settings = service_settings(isolated_settings, heartbeat_timeout_s=3.0)
+    await apply_task_file(settings, sleep_task_file(mean_s=0.05))
+    ports = {"pilot_port": free_port(), "http_port": free_port()}
+    service = start_dispatcher(settings, log_dir=tmp_path, **ports)
+    pilots = []
+    try:
+        await service.wait_ready()
+        pilots = [
+            start_pilot(settings, service.pilot_port, f"p{i}", slots=16, log_dir=tmp_path)
+            for i in range(2)
+        ]
+        await service.wait_pilots(2)
+        async with EventSender(settings) as sender, CompletionCollector(settings) as completions:
+            nv = next_visit_for(group_id(how), start_utc=time.time())
+            await sender.next_visit(nv)
+            conn = await connect(settings.database_url or "")
+            try:
+                async with asyncio.timeout(20):
+                    while await conn.fetchval("SELECT count(*) FROM jobs") < 189:
+                        await asyncio.sleep(0.05)
+            finally:
+                await conn.close()
+            if how == "sigkill":
+                service.kill()
+            else:
+                assert service.terminate() == 0
+            await sender.images(image_arrivals(nv, range(189)))
+            service = start_dispatcher(settings, log_dir=tmp_path, **ports)
+            await service.wait_ready()
+            await completions.wait_for(189, timeout=90)
+            await asyncio.sleep(1.0)
+            assert completions.duplicates() == 0
+            assert Counter(r["status"] for r in completions.records) == {"finished": 189}
+    finally:
+        for p in pilots:
+            if p.proc.poll() is None:
+                p.terminate()
+        if service.proc.poll() is None:
+            service.terminate()
+
+
+async def test_dispatcher_killed_while_jobs_run(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    """kill -9 with jobs on pilots: pilots reconnect to the new dispatcher, claim their jobs and
+    deliver the results they kept; each job completes once, on its first attempt."""
+    settings = service_settings(isolated_settings, heartbeat_timeout_s=5.0)
+    await apply_task_file(settings, sleep_task_file(mean_s=2.0, detectors="0-31"))
+    ports = {"pilot_port": free_port(), "http_port": free_port()}
+    service = start_dispatcher(settings, log_dir=tmp_path, **ports)
+    pilots = []
+    try:
+        await service.wait_ready()
+        pilots = [
+            start_pilot(settings, service.pilot_port, f"p{i}", slots=16, log_dir=tmp_path)
+            for i in range(2)
+        ]
+        await service.wait_pilots(2)
+        async with EventSender(settings) as sender, CompletionCollector(settings) as completions:
+            nv = next_visit_for(group_id("k9run"), start_utc=time.time())
+            await sender.next_visit(nv)
+            await sender.images(image_arrivals(nv, range(32)))
+            async with asyncio.timeout(20):
+                while (await service.status())["jobs_by_state"].get("running", 0) < 32:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)  # let the write-behind commit the running state
+            service.kill()
+            service = start_dispatcher(settings, log_dir=tmp_path, **ports)
+            await service.wait_ready()
+            await completions.wait_for(32, timeout=90)
+            await asyncio.sleep(1.0)
+            assert completions.duplicates() == 0
+            assert Counter((r["status"], r["attempt"]) for r in completions.records) == {
+                ("finished", 1): 32
+            }
+    finally:
+        for p in pilots:
+            if p.proc.poll() is None:
+                p.terminate()
+        if service.proc.poll() is None:
+            service.terminate()
