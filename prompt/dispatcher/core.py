@@ -29,6 +29,7 @@ log = structlog.get_logger(__name__)
 
 VisitKey = tuple[str, str]
 CLOSED_MEMORY = 20_000
+PILOT_ROW_REFRESH_S = 5.0
 
 
 class Dispatcher:
@@ -470,6 +471,9 @@ class Dispatcher:
         pilot.cache_stats = msg.get("cache_stats") or {}
         if was_draining != pilot.draining:
             log.info("pilot draining", pilot=pilot.id)
+        if pilot.last_seen - pilot.persisted_at > PILOT_ROW_REFRESH_S:
+            pilot.persisted_at = pilot.last_seen
+            self.writer.pilot(self._pilot_row(pilot, "draining" if pilot.draining else "connected"))
         if pilot.free > 0 and self._ready:
             self.fill(pilot)
 

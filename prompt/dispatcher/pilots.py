@@ -26,6 +26,8 @@ class PilotSession:
     assigned: int = 0
     """Jobs assigned (preloaded) to this pilot and not yet ended: the load used for placement."""
     disconnected_at: float | None = None
+    persisted_at: float = 0.0
+    """When its row in the pilots table was last refreshed (monotonic)."""
 
     @property
     def connected(self) -> bool:
