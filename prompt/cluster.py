@@ -90,23 +90,35 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @dataclass
-class ServiceProcess:
-    """A ``prompt serve`` child process."""
+class ChildProcess:
+    """A ``prompt`` child process in its own process group."""
 
     proc: subprocess.Popen[bytes]
-    pilot_port: int
-    http_port: int
     log: Path
 
     def kill(self) -> None:
+        """SIGKILL to the whole group: the process and its workers die without a word."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, 9)
         self.proc.wait(10)
 
     def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, then wait: the graceful stop."""
         with contextlib.suppress(ProcessLookupError):
             self.proc.terminate()
         return self.proc.wait(timeout)
+
+    def stop_if_running(self) -> None:
+        if self.proc.poll() is None:
+            self.terminate()
+
+
+@dataclass
+class ServiceProcess(ChildProcess):
+    """A ``prompt serve`` child process."""
+
+    pilot_port: int = 0
+    http_port: int = 0
 
     async def status(self) -> dict[str, Any]:
         import aiohttp
@@ -164,25 +176,12 @@ def start_dispatcher(
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,
         )  # fmt: skip
-    return ServiceProcess(proc, pilot_port, http_port, log)
+    return ServiceProcess(proc, log, pilot_port=pilot_port, http_port=http_port)
 
 
 @dataclass
-class PilotProcess:
-    pilot_id: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def kill(self) -> None:
-        """SIGKILL: the pilot and its workers die without a word."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, 9)
-        self.proc.wait(10)
-
-    def terminate(self, timeout: float = 60) -> int:
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.terminate()
-        return self.proc.wait(timeout)
+class PilotProcess(ChildProcess):
+    pilot_id: str = ""
 
 
 def start_pilot(
@@ -210,7 +209,7 @@ def start_pilot(
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,
         )  # fmt: skip
-    return PilotProcess(pilot_id, proc, log)
+    return PilotProcess(proc, log, pilot_id=pilot_id)
 
 
 class InProcessDispatcher:

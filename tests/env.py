@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
@@ -15,11 +16,16 @@ from prompt.cluster import (
     CompletionCollector,
     EventSender,
     InProcessDispatcher,
+    PilotProcess,
+    ServiceProcess,
     apply_task_file,
+    start_dispatcher,
+    start_pilot,
     wait_for_pilots,
 )
 from prompt.config import Settings
 from prompt.pilot import Pilot, PilotConfig, SyntheticCalibrations
+from prompt.stack.processes import free_port
 from prompt.tasks import TaskFile
 
 
@@ -107,3 +113,45 @@ async def dispatcher_env(
 
 def group_id(tag: str) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{tag}"
+
+
+@dataclass
+class Served:
+    """``prompt serve`` and pilots as real processes; the dispatcher can be stopped (SIGTERM or
+    SIGKILL) and started again on the same ports, as an operator or a crash would."""
+
+    settings: Settings
+    log_dir: Path
+    ports: dict[str, int]
+    service: ServiceProcess
+    pilots: list[PilotProcess] = field(default_factory=list)
+
+    def stop(self, how: str) -> None:
+        if how == "sigkill":
+            self.service.kill()
+        else:
+            assert self.service.terminate() == 0
+
+    async def start(self) -> None:
+        self.service = start_dispatcher(self.settings, log_dir=self.log_dir, **self.ports)
+        await self.service.wait_ready()
+
+
+@contextlib.asynccontextmanager
+async def served(
+    settings: Settings, log_dir: Path, *, pilots: int = 2, slots: int = 16
+) -> AsyncIterator[Served]:
+    ports = {"pilot_port": free_port(), "http_port": free_port()}
+    env = Served(settings, log_dir, ports, start_dispatcher(settings, log_dir=log_dir, **ports))
+    try:
+        await env.service.wait_ready()
+        env.pilots = [
+            start_pilot(settings, env.service.pilot_port, f"p{i}", slots=slots, log_dir=log_dir)
+            for i in range(pilots)
+        ]
+        await env.service.wait_pilots(pilots)
+        yield env
+    finally:
+        for pilot in env.pilots:
+            pilot.stop_if_running()
+        env.service.stop_if_running()

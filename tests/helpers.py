@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from prompt.config import Settings
+from prompt.kafka import aiokafka_options
 
 
 def run_prompt(
@@ -22,3 +29,22 @@ def run_prompt(
         env=full_env,
         cwd=Path(__file__).parent.parent,
     )
+
+
+async def read_topic(settings: Settings, topic: str, count: int) -> list[Any]:
+    """The first ``count`` records of partition 0 of ``topic``."""
+    consumer = AIOKafkaConsumer(
+        **aiokafka_options(settings, settings.kafka_bootstrap or ""), enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        out: list[Any] = []
+        async with asyncio.timeout(20):
+            while len(out) < count:
+                out.extend((await consumer.getmany(tp, timeout_ms=500)).get(tp, []))
+        return out
+    finally:
+        await consumer.stop()

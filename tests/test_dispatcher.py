@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from prompt.cluster import image_arrivals, next_visit_for, sleep_task_file
 from prompt.config import Settings
 from prompt.events import ImageArrival, make_notification
-from prompt.kafka import aiokafka_options
 from prompt.store import connect
 from prompt.tasks import load_task_file
 from tests.env import dispatcher_env, group_id
+from tests.helpers import read_topic
 
 pytestmark = pytest.mark.stack
 
@@ -306,21 +305,3 @@ async def test_malformed_events_are_dead_lettered_and_service_goes_on(
         metric = env.running.metrics.dead_lettered
         assert metric.labels("image-arrival", "notification")._value.get() == 3
         assert metric.labels("next-visit", "invalid")._value.get() == 1
-
-
-async def read_topic(settings: Settings, topic: str, count: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        **aiokafka_options(settings, settings.kafka_bootstrap or ""), enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek(tp, 0)
-        out: list[Any] = []
-        async with asyncio.timeout(20):
-            while len(out) < count:
-                out.extend((await consumer.getmany(tp, timeout_ms=500)).get(tp, []))
-        return out
-    finally:
-        await consumer.stop()

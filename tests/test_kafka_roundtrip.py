@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import confluent_kafka
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from prompt.config import Settings
 from prompt.events import (
@@ -25,27 +24,9 @@ from prompt.events.errors import NotificationError
 from prompt.events.image_topic import decode_image_message
 from prompt.kafka import aiokafka_options, confluent_config
 from tests.conftest import make_next_visit
+from tests.helpers import read_topic
 
 pytestmark = pytest.mark.stack
-
-
-async def _consume_all(settings: Settings, topic: str, count: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        **aiokafka_options(settings, settings.kafka_bootstrap or ""), enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek(tp, 0)
-        out: list[Any] = []
-        async with asyncio.timeout(20):
-            while len(out) < count:
-                batch = await consumer.getmany(tp, timeout_ms=500)
-                out.extend(batch.get(tp, []))
-        return out
-    finally:
-        await consumer.stop()
 
 
 async def test_aiokafka_produce_consume_decode(isolated_settings: Settings) -> None:
@@ -59,7 +40,7 @@ async def test_aiokafka_produce_consume_decode(isolated_settings: Settings) -> N
             await producer.send_and_wait(settings.topics.next_visit, codec.encode(r), partition=0)
     finally:
         await producer.stop()
-    msgs = await _consume_all(settings, settings.topics.next_visit, len(records))
+    msgs = await read_topic(settings, settings.topics.next_visit, len(records))
     assert [await decode_consumed(codec, m) for m in msgs] == records
 
 
@@ -91,7 +72,7 @@ async def test_confluent_kafka_produce_and_assign_consume(isolated_settings: Set
     value = await asyncio.to_thread(produce_then_fetch)
     assert await codec.decode(value) == record
     # And the same bytes read with aiokafka decode identically.
-    (msg,) = await _consume_all(settings, settings.topics.next_visit, 1)
+    (msg,) = await read_topic(settings, settings.topics.next_visit, 1)
     assert await decode_consumed(codec, msg) == record
 
 
@@ -128,7 +109,7 @@ async def test_bad_messages_raise_typed_errors_and_consumption_goes_on(
     finally:
         await producer.stop()
 
-    msgs = await _consume_all(settings, settings.topics.next_visit, len(bad) + 1)
+    msgs = await read_topic(settings, settings.topics.next_visit, len(bad) + 1)
     for msg, (_, error) in zip(msgs, bad, strict=False):
         with pytest.raises(error) as info:
             await decode_consumed(codec, msg)
@@ -137,7 +118,7 @@ async def test_bad_messages_raise_typed_errors_and_consumption_goes_on(
     assert await decode_consumed(codec, msgs[-1]) == make_next_visit(1)
 
     image_codec = AvroCodec(EventKind.IMAGE_ARRIVAL, LocalSchemaRegistry())
-    not_json, notification = await _consume_all(settings, settings.topics.image_arrival, 2)
+    not_json, notification = await read_topic(settings, settings.topics.image_arrival, 2)
     with pytest.raises(NotificationError, match="not JSON"):
         await decode_image_message(image_codec, not_json.value)
     (raw,) = await decode_image_message(image_codec, notification.value)

@@ -17,15 +17,13 @@ from prompt.cluster import (
     image_arrivals,
     next_visit_for,
     sleep_task_file,
-    start_dispatcher,
     start_pilot,
     wait_for_pilots,
 )
 from prompt.config import Settings
 from prompt.dispatcher.model import JobState
-from prompt.stack.processes import free_port
 from prompt.store import connect
-from tests.env import dispatcher_env, group_id, service_settings
+from tests.env import dispatcher_env, group_id, served, service_settings
 
 pytestmark = pytest.mark.stack
 
@@ -98,43 +96,27 @@ async def test_dispatcher_restart_between_next_visit_and_images(
 ) -> None:
     settings = service_settings(isolated_settings, heartbeat_timeout_s=3.0)
     await apply_task_file(settings, sleep_task_file(mean_s=0.05))
-    ports = {"pilot_port": free_port(), "http_port": free_port()}
-    service = start_dispatcher(settings, log_dir=tmp_path, **ports)
-    pilots = []
-    try:
-        await service.wait_ready()
-        pilots = [
-            start_pilot(settings, service.pilot_port, f"p{i}", slots=16, log_dir=tmp_path)
-            for i in range(2)
-        ]
-        await service.wait_pilots(2)
-        async with EventSender(settings) as sender, CompletionCollector(settings) as completions:
-            nv = next_visit_for(group_id(how), start_utc=time.time())
-            await sender.next_visit(nv)
-            conn = await connect(settings.database_url or "")
-            try:
-                async with asyncio.timeout(20):
-                    while await conn.fetchval("SELECT count(*) FROM jobs") < 189:
-                        await asyncio.sleep(0.05)
-            finally:
-                await conn.close()
-            if how == "sigkill":
-                service.kill()
-            else:
-                assert service.terminate() == 0
-            await sender.images(image_arrivals(nv, range(189)))
-            service = start_dispatcher(settings, log_dir=tmp_path, **ports)
-            await service.wait_ready()
-            await completions.wait_for(189, timeout=90)
-            await asyncio.sleep(1.0)
-            assert completions.duplicates() == 0
-            assert Counter(r["status"] for r in completions.records) == {"finished": 189}
-    finally:
-        for p in pilots:
-            if p.proc.poll() is None:
-                p.terminate()
-        if service.proc.poll() is None:
-            service.terminate()
+    async with (
+        served(settings, tmp_path) as env,
+        EventSender(settings) as sender,
+        CompletionCollector(settings) as completions,
+    ):
+        nv = next_visit_for(group_id(how), start_utc=time.time())
+        await sender.next_visit(nv)
+        conn = await connect(settings.database_url or "")
+        try:
+            async with asyncio.timeout(20):
+                while await conn.fetchval("SELECT count(*) FROM jobs") < 189:
+                    await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+        env.stop(how)
+        await sender.images(image_arrivals(nv, range(189)))
+        await env.start()
+        await completions.wait_for(189, timeout=90)
+        await asyncio.sleep(1.0)
+        assert completions.duplicates() == 0
+        assert Counter(r["status"] for r in completions.records) == {"finished": 189}
 
 
 async def test_dispatcher_killed_while_jobs_run(
@@ -144,36 +126,23 @@ async def test_dispatcher_killed_while_jobs_run(
     deliver the results they kept; each job completes once, on its first attempt."""
     settings = service_settings(isolated_settings, heartbeat_timeout_s=5.0)
     await apply_task_file(settings, sleep_task_file(mean_s=2.0, detectors="0-31"))
-    ports = {"pilot_port": free_port(), "http_port": free_port()}
-    service = start_dispatcher(settings, log_dir=tmp_path, **ports)
-    pilots = []
-    try:
-        await service.wait_ready()
-        pilots = [
-            start_pilot(settings, service.pilot_port, f"p{i}", slots=16, log_dir=tmp_path)
-            for i in range(2)
-        ]
-        await service.wait_pilots(2)
-        async with EventSender(settings) as sender, CompletionCollector(settings) as completions:
-            nv = next_visit_for(group_id("k9run"), start_utc=time.time())
-            await sender.next_visit(nv)
-            await sender.images(image_arrivals(nv, range(32)))
-            async with asyncio.timeout(20):
-                while (await service.status())["jobs_by_state"].get("running", 0) < 32:
-                    await asyncio.sleep(0.05)
-            await asyncio.sleep(0.1)  # let the write-behind commit the running state
-            service.kill()
-            service = start_dispatcher(settings, log_dir=tmp_path, **ports)
-            await service.wait_ready()
-            await completions.wait_for(32, timeout=90)
-            await asyncio.sleep(1.0)
-            assert completions.duplicates() == 0
-            assert Counter((r["status"], r["attempt"]) for r in completions.records) == {
-                ("finished", 1): 32
-            }
-    finally:
-        for p in pilots:
-            if p.proc.poll() is None:
-                p.terminate()
-        if service.proc.poll() is None:
-            service.terminate()
+    async with (
+        served(settings, tmp_path) as env,
+        EventSender(settings) as sender,
+        CompletionCollector(settings) as completions,
+    ):
+        nv = next_visit_for(group_id("k9run"), start_utc=time.time())
+        await sender.next_visit(nv)
+        await sender.images(image_arrivals(nv, range(32)))
+        async with asyncio.timeout(20):
+            while (await env.service.status())["jobs_by_state"].get("running", 0) < 32:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # let the write-behind commit the running state
+        env.stop("sigkill")
+        await env.start()
+        await completions.wait_for(32, timeout=90)
+        await asyncio.sleep(1.0)
+        assert completions.duplicates() == 0
+        assert Counter((r["status"], r["attempt"]) for r in completions.records) == {
+            ("finished", 1): 32
+        }
