@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/prompt --state-dir .prompt/demo demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check prompt tests
-	$(BIN)/ruff format --check prompt tests
+	$(BIN)/ruff check prompt loadtest tests
+	$(BIN)/ruff format --check prompt loadtest tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -319,6 +319,12 @@ class EventSender:
     async def raw(self, topic: str, value: bytes) -> None:
         await self.producer.send_and_wait(topic, value)
 
+    async def image(self, arrival: ImageArrival) -> None:
+        """Enqueue one image-arrival (delivery is not awaited: a camera does not wait)."""
+        await self.producer.send(
+            self.settings.topics.image_arrival, self.image_codec.encode(arrival.to_record())
+        )
+
     async def images(self, arrivals: list[ImageArrival]) -> None:
         """One burst: all enqueued at once, then flushed."""
         topic = self.settings.topics.image_arrival

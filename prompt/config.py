@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(default=5.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     start_from: Literal["latest", "earliest"] = "latest"
+    dispatch_mode: Literal["warm", "cold"] = "warm"
+    """cold is the comparison baseline (no resurrection, no preload, polling pilots)."""
     raw_root: Path | None = None
     """File-based object store root (one directory per bucket) for bucket notifications."""
 

@@ -13,13 +13,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from prompt.config import Settings, Topics
 from prompt.kafka import ensure_topics
 from prompt.stack import Endpoints, Stack
-from prompt.store import connect, upgrade
+from prompt.stack.scratch import scratch_database
 
 
 @pytest.fixture(scope="session")
@@ -34,37 +33,16 @@ def prompt_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints
         stack.down()
 
 
-def _with_database(url: str, dbname: str) -> str:
-    base, _, query = url.partition("?")
-    root = base.rsplit("/", 1)[0]
-    return f"{root}/{dbname}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture
 async def isolated_settings(prompt_stack: Endpoints, tmp_path: Path) -> AsyncIterator[Settings]:
     """Settings pointing at a fresh, migrated database and fresh topics on the shared stack."""
     suffix = uuid.uuid4().hex[:10]
-    dbname = f"t_{suffix}"
-    admin = await asyncpg.connect(prompt_stack.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{dbname}"')
-    finally:
-        await admin.close()
-    settings = Settings(
-        database_url=_with_database(prompt_stack.database_url, dbname),
-        kafka_bootstrap=prompt_stack.kafka_bootstrap,
-        state_dir=tmp_path / "state",
-        topics=Topics(**{f: f"{name}.{suffix}" for f, name in Topics().model_dump().items()}),
-    )
-    await ensure_topics(settings, prompt_stack.kafka_bootstrap)
-    conn = await connect(settings.database_url or "")
-    try:
-        await upgrade(conn)
-    finally:
-        await conn.close()
-    yield settings
-    admin = await asyncpg.connect(prompt_stack.database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(prompt_stack.database_url, "t") as url:
+        settings = Settings(
+            database_url=url,
+            kafka_bootstrap=prompt_stack.kafka_bootstrap,
+            state_dir=tmp_path / "state",
+            topics=Topics(**{f: f"{name}.{suffix}" for f, name in Topics().model_dump().items()}),
+        )
+        await ensure_topics(settings, prompt_stack.kafka_bootstrap)
+        yield settings

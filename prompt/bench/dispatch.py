@@ -34,7 +34,8 @@ from prompt.cluster import (
 )
 from prompt.config import Settings, Topics
 from prompt.kafka import ensure_topics
-from prompt.stack import Endpoints, Stack, resolve_database_url
+from prompt.stack import Stack, resolve_database_url
+from prompt.stack.scratch import scratch_database
 from prompt.stats import summarize
 from prompt.store import connect
 
@@ -66,27 +67,18 @@ async def run_bench(settings: Settings, shape: BenchShape, log_dir: Path) -> dic
     was_running = bool(stack.status()["running"])
     endpoints = await stack.up()
     try:
-        return await _run(
-            settings, shape, log_dir, endpoints.database_url, endpoints.kafka_bootstrap, run_id
-        )
+        async with scratch_database(endpoints.database_url, "bench") as url:
+            run_settings = settings.with_overrides(
+                database_url=url, kafka_bootstrap=endpoints.kafka_bootstrap
+            )
+            return await _run(run_settings, shape, log_dir, run_id)
     finally:
         if not was_running and settings.database_url is None and settings.kafka_bootstrap is None:
             stack.down()
 
 
-async def _run(
-    settings: Settings,
-    shape: BenchShape,
-    log_dir: Path,
-    database_url: str,
-    bootstrap: str,
-    run_id: str,
-) -> dict[str, Any]:
-    endpoints = Endpoints(database_url, bootstrap)
-    settings = settings.with_overrides(
-        database_url=endpoints.database_url, kafka_bootstrap=endpoints.kafka_bootstrap
-    )
-    await ensure_topics(settings, endpoints.kafka_bootstrap)
+async def _run(settings: Settings, shape: BenchShape, log_dir: Path, run_id: str) -> dict[str, Any]:
+    await ensure_topics(settings, settings.kafka_bootstrap or "")
     await apply_task_file(
         settings,
         sleep_task_file(

@@ -3,7 +3,7 @@
 One long-lived TCP (optionally TLS) connection per pilot. The first frame a pilot sends is
 ``register`` carrying the shared token; nothing else is accepted before it.
 
-pilot -> dispatcher: register, heartbeat, preloaded, started, finished
+pilot -> dispatcher: register, heartbeat, preloaded, started, finished, poll
 dispatcher -> pilot: welcome, refused, preload, job, ack, drain
 """
 
@@ -25,6 +25,7 @@ HEARTBEAT: Final = "heartbeat"
 PRELOADED: Final = "preloaded"
 STARTED: Final = "started"
 FINISHED: Final = "finished"
+POLL: Final = "poll"  # only pilots started with --poll-s (the cold baseline)
 # dispatcher -> pilot
 WELCOME: Final = "welcome"
 REFUSED: Final = "refused"

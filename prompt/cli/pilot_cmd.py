@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--calib-load-ms", type=float, default=50, help="synthetic calib load time")
     p.add_argument("--heartbeat-s", type=float, default=1.0)
     p.add_argument("--worker-nice", type=int, default=5, help="CPU niceness of workers vs pilot")
+    p.add_argument("--poll-s", type=float, help="poll for work every N s (cold baseline only)")
     p.add_argument(
         "--warm-import", action="append", default=[], help="module workers import at start"
     )
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         cache_bytes=int(args.cache_mb * 1024 * 1024),
         warm_imports=tuple(args.warm_import),
         worker_nice=args.worker_nice,
+        poll_s=args.poll_s,
         **extra,
     )
     source = SyntheticCalibrations(

@@ -33,6 +33,7 @@ def completion_record(job: Job) -> dict[str, Any]:
         "cacheHit": job.cache_hit,
         "error": job.error,
         "nextVisitReceived": visit.received_at,
+        "preloaded": job.preloaded,
         "imageArrived": job.image_arrived,
         "imageConsumed": job.image_consumed,
         "dispatched": job.dispatched,

@@ -19,5 +19,8 @@ class DispatcherConfig:
     tai_minus_utc_s: float = 37.0
     drain_timeout_s: float = 30.0
     sweep_interval_s: float = 0.1
+    mode: str = "warm"
+    """warm: resurrection + preload + push. cold (baseline for comparison): the task is looked
+    up and its jobs created when the first image arrives, no preload, pilots poll for work."""
     start_from: str = "latest"
     """Where to start on partitions with no stored offset: latest or earliest."""

@@ -23,7 +23,7 @@ from prompt.dispatcher.writer import OFFSET_UPSERT, StateWriter
 from prompt.events import AvroCodec, ImageArrival, NextVisit
 from prompt.instruments import detector_name
 from prompt.metrics import DispatcherMetrics
-from prompt.tasks import Task, match_task
+from prompt.tasks import Task, load_active_tasks, match_task
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +61,9 @@ class Dispatcher:
         self._payloads: dict[int, dict[str, Any]] = {}
         self._labels: dict[int, frozenset[str]] = {}
         self.counts: dict[str, int] = {"duplicates": 0, "held": 0, "retries": 0}
+        self.warm = config.mode == "warm"
+        # cold mode: next-visits only noted; the visit is built when its first image arrives
+        self.announced: dict[VisitKey, tuple[NextVisit, dict[str, Any], float]] = {}
 
     # ---- helpers ----------------------------------------------------------------------------
 
@@ -97,7 +100,12 @@ class Dispatcher:
         reason: str | None = None
         if not nv.instrument:
             reason = "not_observation"
-        elif key in self.visits or key in self.resurrecting or key in self.closed:
+        elif (
+            key in self.visits
+            or key in self.resurrecting
+            or key in self.closed
+            or key in self.announced
+        ):
             self._duplicate("next-visit")
             self.writer.offset(topic, partition, offset + 1)
             return
@@ -105,6 +113,10 @@ class Dispatcher:
             reason = "canceled"
         elif nv.efd_stamp and consumed - nv.efd_stamp > self.config.stale_after_s:
             reason = "stale"
+        if reason is None and not self.warm:
+            self.announced[key] = (nv, record, consumed)
+            self.writer.offset(topic, partition, offset + 1)
+            return
         task = match_task(self.tasks, nv) if reason is None else None
         if reason is None and task is None:
             reason = "no_task"
@@ -149,7 +161,7 @@ class Dispatcher:
         nv: NextVisit,
         record: dict[str, Any],
         task: Task,
-        topic: str,
+        topic: str | None,
         partition: int,
         offset: int,
         consumed: float,
@@ -186,7 +198,10 @@ class Dispatcher:
                         nv.instrument,
                         nv.group_id,
                     )
-                await conn.execute(OFFSET_UPSERT, self.config.name, topic, partition, offset + 1)
+                if topic is not None:
+                    await conn.execute(
+                        OFFSET_UPSERT, self.config.name, topic, partition, offset + 1
+                    )
         except BaseException:
             self.resurrecting.pop(key, None)
             raise
@@ -210,7 +225,8 @@ class Dispatcher:
             "task resurrected", group=nv.group_id, instrument=nv.instrument, task=task.name,
             jobs=len(rows), resurrect_ms=round((time.perf_counter() - t0) * 1e3, 2),
         )  # fmt: skip
-        self._assign_and_preload(visit)
+        if self.warm:
+            self._assign_and_preload(visit)
         early = self.held.pop(key, []) + self.resurrecting.pop(key, [])
         for arrival, when in early:
             self._apply_image(visit, arrival, when)
@@ -283,6 +299,22 @@ class Dispatcher:
 
     # ---- images -----------------------------------------------------------------------------
 
+    async def handle_image(self, arrival: ImageArrival, consumed: float) -> None:
+        """Intake's entry point. Warm: all in memory. Cold: the first image of a visit builds it
+        (task definition read from the database, jobs created) on the image path."""
+        if not self.warm:
+            key = (arrival.instrument, arrival.group_id)
+            announced = self.announced.pop(key, None)
+            if announced is not None:
+                nv, record, received = announced
+                t0 = time.perf_counter()
+                async with self.pool.acquire() as conn:
+                    tasks = await load_active_tasks(conn)
+                task = match_task(tasks, nv)
+                if task is not None:
+                    await self._resurrect(nv, record, task, None, 0, 0, received, t0)
+        self.on_image(arrival, consumed)
+
     def on_image(self, arrival: ImageArrival, consumed: float) -> None:
         key = (arrival.instrument, arrival.group_id)
         visit = self.visits.get(key)
@@ -334,6 +366,10 @@ class Dispatcher:
     # ---- scheduling -------------------------------------------------------------------------
 
     def _schedule(self, job: Job) -> None:
+        if not self.warm:  # polling baseline: jobs wait until a pilot asks
+            assert job.deadline is not None
+            heapq.heappush(self._ready, (job.deadline, next(self._seq), job))
+            return
         pilot = self.pilots.choose_for_run(job, self._task_labels(job.visit.task))
         if pilot is None:
             assert job.deadline is not None
@@ -459,7 +495,8 @@ class Dispatcher:
         else:
             job.error = str(msg.get("error") or "payload failed")
             self._retry_or_fail(job, after=ack)
-        self.fill(pilot)
+        if self.warm:
+            self.fill(pilot)
 
     def on_heartbeat(self, pilot: PilotSession, msg: dict[str, Any]) -> None:
         pilot.last_seen = time.monotonic()
@@ -474,8 +511,13 @@ class Dispatcher:
         if pilot.last_seen - pilot.persisted_at > PILOT_ROW_REFRESH_S:
             pilot.persisted_at = pilot.last_seen
             self.writer.pilot(self._pilot_row(pilot, "draining" if pilot.draining else "connected"))
-        if pilot.free > 0 and self._ready:
+        if self.warm and pilot.free > 0 and self._ready:
             self.fill(pilot)
+
+    def on_poll(self, pilot: PilotSession, msg: dict[str, Any]) -> None:
+        """A polling pilot asks for work (the cold baseline)."""
+        pilot.last_seen = time.monotonic()
+        self.fill(pilot)
 
     def on_preloaded(self, pilot: PilotSession, msg: dict[str, Any]) -> None:
         done = float(msg.get("t_done") or time.time())
@@ -521,7 +563,8 @@ class Dispatcher:
                 pilot.running[job_id] = claimed_job
         self.metrics.pilots_connected.set(len(self.pilots.connected()))
         self.writer.pilot(self._pilot_row(pilot, "connected"))
-        self.fill(pilot)
+        if self.warm:
+            self.fill(pilot)
 
     def _pilot_row(self, pilot: PilotSession, state: str) -> tuple[Any, ...]:
         cache = [list(c) for c in sorted(pilot.cache)]
@@ -624,7 +667,7 @@ class Dispatcher:
             for key in [k for k, v in self.held.items() if v[-1][1] < limit]:
                 del self.held[key]
                 self.metrics.ignored.labels("image-arrival", "next_visit_never_came").inc()
-        if self._ready:
+        if self.warm and self._ready:
             for pilot in self.pilots.pilots.values():
                 if pilot.free > 0 and pilot.connected:
                     self.fill(pilot)

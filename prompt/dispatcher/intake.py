@@ -212,7 +212,7 @@ class Intake:
                         f"image-arrival with snap {arrival.snap}, detector {arrival.detector},"
                         f" groupId {arrival.group_id!r}"
                     )
-                self._d.on_image(arrival, consumed)
+                await self._d.handle_image(arrival, consumed)
         except EventError as exc:
             exc.at(topic=msg.topic, partition=msg.partition, offset=msg.offset)
             await self._dlq.send(msg, "image-arrival", exc)

@@ -77,6 +77,8 @@ class PilotServer:
                     d.on_heartbeat(session, msg)
                 elif kind == p.PRELOADED:
                     d.on_preloaded(session, msg)
+                elif kind == p.POLL:
+                    d.on_poll(session, msg)
                 else:
                     log.warning("unknown pilot message", pilot=session.id, type=kind)
         except (asyncio.IncompleteReadError, ConnectionError, ProtocolError) as exc:

@@ -62,6 +62,7 @@ def dispatcher_config(settings: Settings) -> DispatcherConfig:
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
         drain_timeout_s=settings.drain_timeout_s,
         start_from=settings.start_from,
+        mode=settings.dispatch_mode,
     )
 
 

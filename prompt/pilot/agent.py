@@ -49,6 +49,8 @@ class PilotConfig:
     drain_timeout_s: float = 300.0
     preload_concurrency: int = 8
     worker_nice: int = 5
+    poll_s: float | None = None
+    """Ask for work every poll_s seconds instead of being pushed to (the cold baseline)."""
     warm_imports: tuple[str, ...] = ()
     ssl_context: ssl.SSLContext | None = None
 
@@ -137,14 +139,18 @@ class Pilot:
                 channel.send(msg)
             # Either loop ending ends the session; the other is cancelled and awaited. (Not a
             # TaskGroup: its ExceptionGroup would hide the connection error run() retries on.)
-            reading = asyncio.create_task(self._read_loop(channel))
-            beating = asyncio.create_task(self._heartbeat_loop(channel, stop))
+            loops = {
+                asyncio.create_task(self._read_loop(channel)),
+                asyncio.create_task(self._heartbeat_loop(channel, stop)),
+            }
+            if self.config.poll_s:
+                loops.add(asyncio.create_task(self._poll_loop(channel, self.config.poll_s)))
             try:
-                done, _ = await asyncio.wait({reading, beating}, return_when="FIRST_COMPLETED")
+                done, _ = await asyncio.wait(loops, return_when="FIRST_COMPLETED")
             finally:
-                for task in (reading, beating):
+                for task in loops:
                     task.cancel()
-                await asyncio.gather(reading, beating, return_exceptions=True)
+                await asyncio.gather(*loops, return_exceptions=True)
             for task in done:
                 error = None if task.cancelled() else task.exception()
                 if error is not None:
@@ -191,6 +197,13 @@ class Pilot:
                 await asyncio.wait_for(stop.wait(), self.config.heartbeat_s)
             if stop.is_set():
                 await asyncio.sleep(min(0.05, self.config.heartbeat_s))
+
+    async def _poll_loop(self, channel: Channel, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            free = self.pool.idle - len(self.queued)
+            if free > 0 and not self.draining:
+                channel.send({"t": p.POLL, "free": free})
 
     async def _read_loop(self, channel: Channel) -> None:
         while True:

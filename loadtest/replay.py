@@ -1,0 +1,284 @@
+"""Replay a night through the real service: embedded stack, ``prompt serve``, pilot processes.
+
+The driver publishes each planned event at its wall time, kills pilots when the plan says so,
+collects the completion events and hands everything to the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from loadtest.plan import CANCEL, IMAGE, NEXT_VISIT, Faults, Plan, Timing, build_plan
+from loadtest.schedule import Night, PlannedVisit
+from prompt.cluster import (
+    TAI_MINUS_UTC,
+    CompletionCollector,
+    EventSender,
+    PilotProcess,
+    ServiceProcess,
+    apply_task_file,
+    start_dispatcher,
+    start_pilot,
+)
+from prompt.config import Settings, Topics
+from prompt.events import ImageArrival, NextVisit
+from prompt.instruments import raw_key
+from prompt.kafka import ensure_topics
+from prompt.stack import Stack
+from prompt.stack.scratch import scratch_database
+from prompt.stats import percentile
+from prompt.tasks import TaskFile, load_task_file
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    timing: Timing = field(default_factory=Timing)
+    faults: Faults = field(default_factory=Faults)
+    detectors: tuple[int, ...] = tuple(range(189))
+    mode: str = "warm"
+    pilots: int = 2
+    slots: int = 96
+    payload: str = "sleep"
+    run_mean_s: float = 10.0
+    """Payload run time, night seconds (lognormal with run_sigma)."""
+    run_sigma: float = 0.3
+    calib_load_s: float = 0.5
+    """Night seconds to load one calibration from the store (3 per job)."""
+    poll_s: float = 2.0
+    """cold mode: pilots ask for work this often (night seconds)."""
+    deadline_s: float = 60.0
+    heartbeat_timeout_s: float = 1.5
+    """Wall seconds (not scaled): pilots silent this long are lost."""
+    seed: int = 0
+    log_dir: Path = Path(".prompt/replay/logs")
+    quiet: bool = False
+
+
+@dataclass
+class ReplayResult:
+    night: Night
+    config: ReplayConfig
+    plan: Plan
+    records: list[dict[str, Any]]
+    group_of: dict[int, str]
+    started_wall: float
+    finished_wall: float
+    pilot_slots: dict[str, int]
+    kills: list[tuple[float, str]]
+
+
+def replay_task(config: ReplayConfig, name: str) -> TaskFile:
+    s = config.timing.speed
+    if config.payload != "sleep":
+        raise ValueError(f"payload {config.payload!r} is not available (sleep)")
+    detectors = ",".join(str(d) for d in config.detectors)
+    return load_task_file(
+        f"""
+- name: {name}
+  instrument: LSSTCam
+  detectors: {{include: "{detectors}"}}
+  payload:
+    kind: sleep
+    params: {{distribution: lognormal, mean_s: {config.run_mean_s / s},
+              sigma: {config.run_sigma}, max_s: {4 * config.run_mean_s / s}}}
+  job_timeout_s: {5 * config.run_mean_s / s}
+  deadline_s: {config.deadline_s / s}
+  image_timeout_s: {60.0 / s}
+  max_attempts: 3
+"""
+    )
+
+
+def group_id_for(night: Night, v: PlannedVisit, run_id: str) -> str:
+    when = night.start_utc.timestamp() + v.start
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when))
+    return f"{stamp}.{int(when * 1000) % 1000:03d}-{run_id}"
+
+
+def next_visit(
+    night: Night, v: PlannedVisit, group: str, start_wall: float, speed: float
+) -> NextVisit:
+    return NextVisit(
+        instrument="LSSTCam",
+        group_id=group,
+        survey=v.survey,
+        filters=v.physical_filter,
+        position=(v.ra, v.dec),
+        coordinate_system=2,
+        camera_angle=v.rotation,
+        rotation_system=2,
+        start_time=start_wall + TAI_MINUS_UTC,
+        duration=v.visit_time / speed,
+        nimages=v.n_snaps,
+        dome=2,
+        sal_index=1,
+        script_sal_index=v.visit_id,
+        efd_stamp=time.time(),
+    )
+
+
+class Progress:
+    def __init__(self, plan: Plan, quiet: bool, speed: float) -> None:
+        self.plan = plan
+        self.quiet = quiet
+        self.speed = speed
+        self.last = 0.0
+
+    def maybe_print(
+        self, collector: CompletionCollector, visits_total: int, force: bool = False
+    ) -> None:
+        now = time.monotonic()
+        if self.quiet or (not force and now - self.last < 2.0):
+            return
+        self.last = now
+        per_visit: dict[str, int] = {}
+        lat = []
+        for r in collector.records:
+            per_visit[r["groupId"]] = per_visit.get(r["groupId"], 0) + 1
+            if r["latencySeconds"] is not None:
+                lat.append(r["latencySeconds"] * self.speed)
+        jobs_per_visit = max(1, self.plan.jobs // max(1, visits_total))
+        done = sum(1 for n in per_visit.values() if n >= jobs_per_visit)
+        p99 = percentile(sorted(lat), 99) if lat else float("nan")
+        print(
+            f"  visits done {done}/{visits_total}  completions {len(collector.by_job)}/"
+            f"{self.plan.jobs}  p99 latency {p99:.1f} s",
+            flush=True,
+        )
+
+
+async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> ReplayResult:
+    run_id = uuid.uuid4().hex[:8]
+    topics = Topics(**{f: f"{name}.{run_id}" for f, name in Topics().model_dump().items()})
+    settings = settings.with_overrides(
+        topics=topics,
+        dispatcher_name=f"replay-{run_id}",
+        pilot_token=SecretStr(uuid.uuid4().hex),
+        heartbeat_timeout_s=config.heartbeat_timeout_s,
+        dispatch_mode=config.mode,
+    )
+    stack = Stack(settings)
+    was_running = bool(stack.status()["running"])
+    endpoints = await stack.up()
+    external = settings.database_url is not None
+    try:
+        async with scratch_database(endpoints.database_url, "replay") as url:
+            run_settings = settings.with_overrides(
+                database_url=url, kafka_bootstrap=endpoints.kafka_bootstrap
+            )
+            await ensure_topics(run_settings, endpoints.kafka_bootstrap)
+            await apply_task_file(run_settings, replay_task(config, f"replay-{run_id}"))
+            return await _drive(run_settings, night, config, run_id)
+    finally:
+        if not was_running and not external:
+            stack.down()
+
+
+def _pilot_args(config: ReplayConfig) -> tuple[str, ...]:
+    s = config.timing.speed
+    args = ["--calib-load-ms", f"{1000 * config.calib_load_s / s:.3f}", "--heartbeat-s", "0.25"]
+    if config.mode == "cold":
+        args += ["--poll-s", f"{config.poll_s / s:.4f}"]
+    return tuple(args)
+
+
+async def _drive(
+    settings: Settings, night: Night, config: ReplayConfig, run_id: str
+) -> ReplayResult:
+    s = config.timing.speed
+    plan = build_plan(night, list(config.detectors), config.timing, config.faults, config.seed)
+    rng = random.Random(config.seed + 1)
+    log_dir = config.log_dir / run_id
+    service: ServiceProcess = start_dispatcher(settings, log_dir=log_dir)
+    pilots: dict[str, PilotProcess] = {}
+    kills: list[tuple[float, str]] = []
+
+    def spawn(pid: str) -> None:
+        pilots[pid] = start_pilot(
+            settings, service.pilot_port, pid, slots=config.slots, log_dir=log_dir,
+            extra_args=_pilot_args(config),
+        )  # fmt: skip
+
+    try:
+        await service.wait_ready()
+        for i in range(config.pilots):
+            spawn(f"replay-{run_id}-{i}")
+        await service.wait_pilots(config.pilots)
+        groups = {v.index: group_id_for(night, v, run_id) for v in night.visits}
+        progress = Progress(plan, config.quiet, s)
+        async with CompletionCollector(settings) as collector, EventSender(settings) as sender:
+            t0 = time.monotonic()
+            started_wall = time.time()
+            kill_queue = list(plan.kill_times)
+            restarts: list[tuple[float, str]] = []
+            nvs: dict[int, NextVisit] = {}
+            for event in plan.events:
+                while True:
+                    now = time.monotonic() - t0
+                    if kill_queue and kill_queue[0] <= now:
+                        kill_queue.pop(0)
+                        victim = rng.choice(sorted(pilots))
+                        pilots[victim].kill()
+                        kills.append((time.time(), victim))
+                        restarts.append((now + 1.0, victim))
+                        continue
+                    if restarts and restarts[0][0] <= now:
+                        spawn(restarts.pop(0)[1])
+                        continue
+                    wait = event.wall - now
+                    if wait <= 0:
+                        break
+                    await asyncio.sleep(min(wait, 0.25))
+                    progress.maybe_print(collector, len(night.visits))
+                v = event.visit
+                if event.kind == NEXT_VISIT:
+                    start_wall = started_wall + (event.wall + config.timing.lead_s / s)
+                    nv = nvs.setdefault(
+                        v.index, next_visit(night, v, groups[v.index], start_wall, s)
+                    )
+                    await sender.next_visit(nv)
+                elif event.kind == CANCEL:
+                    await sender.cancel(groups[v.index], v.visit_id)
+                elif event.kind == IMAGE:
+                    key = raw_key("LSSTCam", v.day_obs, v.seq_num, event.detector)
+                    arrival = ImageArrival(
+                        instrument="LSSTCam", group_id=groups[v.index], snap=event.snap,
+                        detector=event.detector, uri=f"s3://rubin-summit/{key}",
+                        obs_id=key.split("/")[2], day_obs=v.day_obs, event_time=time.time(),
+                    )  # fmt: skip
+                    await sender.image(arrival)
+            for _, pid in restarts:  # replacements still due
+                spawn(pid)
+            # Everything sent: wait for every job's completion (expiry bounds the wait).
+            grace = (max(v.visit_time for v in night.visits) * 2 + 60 + 4 * config.run_mean_s) / s
+            deadline = time.monotonic() + grace + 30
+            while len(collector.by_job) < plan.jobs and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                progress.maybe_print(collector, len(night.visits))
+            await asyncio.sleep(1.0)  # a duplicate would show up now
+            progress.maybe_print(collector, len(night.visits), force=True)
+            records = list(collector.records)
+            finished_wall = time.time()
+    finally:
+        for pilot in pilots.values():
+            await asyncio.to_thread(pilot.stop_if_running)
+        await asyncio.to_thread(service.stop_if_running)
+    return ReplayResult(
+        night=night,
+        config=config,
+        plan=plan,
+        records=records,
+        group_of=groups,
+        started_wall=started_wall,
+        finished_wall=finished_wall,
+        pilot_slots={pid: config.slots for pid in pilots},
+        kills=kills,
+    )

@@ -1,0 +1,166 @@
+"""``report.json`` and a self-contained ``report.html`` (plots embedded as PNG data URIs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from loadtest.replay import ReplayResult
+from loadtest.summary import BUDGET_S, stage_ms, summary_lines
+
+PLOTS = (
+    "latency_histogram",
+    "latency_over_night",
+    "visit_timeline",
+    "stage_breakdown",
+    "cache_hits",
+    "pilot_utilisation",
+)
+
+
+def _figure_png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(result: ReplayResult) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    speed = result.config.timing.speed
+    ran = [r for r in result.records if r["latencySeconds"] is not None]
+    index_of = {g: i for i, g in result.group_of.items()}
+    visit_start = {v.index: v.start for v in result.night.visits}
+    out: dict[str, str] = {}
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    lat = [r["latencySeconds"] * speed for r in ran]
+    ax.hist(lat, bins=60, color="#4477aa")
+    ax.axvline(BUDGET_S, color="#cc3311", lw=2, label="60 s budget")
+    ax.set(xlabel="image arrival -> payload finished (night s)", ylabel="jobs",
+           title="End-to-end latency")  # fmt: skip
+    ax.legend()
+    out["latency_histogram"] = _figure_png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    xs = [visit_start[index_of[r["groupId"]]] / 3600 for r in ran if r["groupId"] in index_of]
+    ys = [r["latencySeconds"] * speed for r in ran if r["groupId"] in index_of]
+    ax.scatter(xs, ys, s=2, alpha=0.4, color="#4477aa")
+    ax.axhline(BUDGET_S, color="#cc3311", lw=1.5)
+    ax.set(xlabel="hours since the first visit", ylabel="latency (night s)",
+           title="Latency over the night")  # fmt: skip
+    out["latency_over_night"] = _figure_png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    per_visit: dict[int, list[dict[str, Any]]] = {}
+    for r in result.records:
+        if r["groupId"] in index_of:
+            per_visit.setdefault(index_of[r["groupId"]], []).append(r)
+    for vi, rs in sorted(per_visit.items()):
+        arrived = [r["imageArrived"] for r in rs if r["imageArrived"]]
+        done = [r["completed"] for r in rs]
+        if arrived:
+            first = min(arrived)
+            ax.vlines(vi, 0, (max(done) - first) * speed, color="#228833", lw=1)
+            ax.plot(vi, (sorted(done)[len(done) // 2] - first) * speed, ".", color="#004411", ms=3)
+    ax.axhline(BUDGET_S, color="#cc3311", lw=1.5)
+    ax.set(xlabel="visit", ylabel="first image -> completions (night s)",
+           title="Per-visit completion timeline (line: last job; dot: median)")  # fmt: skip
+    out["visit_timeline"] = _figure_png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    sums: dict[str, list[float]] = {}
+    for r in ran:
+        for name, ms in stage_ms(r).items():
+            sums.setdefault(name, []).append(ms)
+    names = list(sums)
+    means = [sum(sums[n]) / len(sums[n]) for n in names]
+    ax.barh(names, means, color="#66ccee")
+    ax.set_xscale("log")
+    ax.set(xlabel="mean wall ms (log)", title="Where the time goes, per job")
+    for y, m in enumerate(means):
+        ax.text(m, y, f" {m:.1f}", va="center", fontsize=8)
+    out["stage_breakdown"] = _figure_png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    rates = []
+    for vi, rs in sorted(per_visit.items()):
+        hits = [bool(r["cacheHit"]) for r in rs if r["cacheHit"] is not None]
+        if hits:
+            rates.append((vi, sum(hits) / len(hits)))
+    if rates:
+        ax.plot([v for v, _ in rates], [h for _, h in rates], ".-", ms=3, color="#aa3377")
+    ax.set(xlabel="visit", ylabel="cache-hit rate", ylim=(-0.05, 1.05),
+           title="Calibration cache hits per visit")  # fmt: skip
+    out["cache_hits"] = _figure_png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    t0 = result.started_wall
+    span = max(1.0, result.finished_wall - t0)
+    bins = 200
+    width = span / bins
+    for pilot in sorted({r["pilot"] for r in ran if r["pilot"]}):
+        busy = [0.0] * bins
+        for r in ran:
+            if r["pilot"] != pilot or r["started"] is None:
+                continue
+            a, b = r["started"] - t0, r["finished"] - t0
+            for i in range(max(0, int(a / width)), min(bins, int(b / width) + 1)):
+                lo, hi = i * width, (i + 1) * width
+                busy[i] += max(0.0, min(b, hi) - max(a, lo)) / width
+        slots = result.pilot_slots.get(pilot, result.config.slots)
+        ax.plot([(i + 0.5) * width * speed / 3600 for i in range(bins)],
+                [b / slots for b in busy], lw=1, label=pilot[-12:])  # fmt: skip
+    ax.set(xlabel="night hours since replay start", ylabel="busy slots / slots",
+           title="Pilot utilisation")  # fmt: skip
+    ax.legend(fontsize=7)
+    out["pilot_utilisation"] = _figure_png(fig)
+    plt.close(fig)
+    return out
+
+
+def write_report(result: ReplayResult, summary: dict[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    plots = _plots(result)
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in summary.items()
+    )
+    figures = "".join(
+        f'<figure id="{name}"><img alt="{name}" src="data:image/png;base64,{plots[name]}">'
+        f"<figcaption>{name.replace('_', ' ')}</figcaption></figure>"
+        for name in PLOTS
+    )
+    lines = "<br>".join(html.escape(line) for line in summary_lines(summary))
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>prompt replay report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+.summary {{ font-family: monospace; background: #f4f4f4; padding: 1em; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 0.2em 0.8em; text-align: left; }}
+figure {{ display: inline-block; margin: 0.5em; }}
+</style></head><body>
+<h1>prompt replay report</h1>
+<p class="summary">{lines}</p>
+{figures}
+<h2>Summary</h2><table>{rows}</table>
+</body></html>
+"""
+    path = out_dir / "report.html"
+    path.write_text(page)
+    return path

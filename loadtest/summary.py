@@ -1,0 +1,112 @@
+"""What a replay achieved, judged against what was sent."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from loadtest.replay import ReplayResult
+from prompt.stats import summarize
+
+BUDGET_S = 60.0
+STATUSES = ("finished", "failed", "late", "expired", "canceled")
+
+
+def _by_key(result: ReplayResult) -> dict[tuple[int, int], list[dict[str, Any]]]:
+    index_of = {g: i for i, g in result.group_of.items()}
+    out: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for r in result.records:
+        vi = index_of.get(r["groupId"])
+        if vi is not None:
+            out.setdefault((vi, r["detector"]), []).append(r)
+    return out
+
+
+def stage_ms(r: dict[str, Any]) -> dict[str, float]:
+    """Wall milliseconds per stage of one completed job (not scaled by speed)."""
+    stages: dict[str, float] = {}
+
+    def span(name: str, a: str, b: str) -> None:
+        if r.get(a) is not None and r.get(b) is not None:
+            stages[name] = (r[b] - r[a]) * 1e3
+
+    span("preload (before image)", "nextVisitReceived", "preloaded")
+    span("queue (image -> consumed)", "imageArrived", "imageConsumed")
+    span("dispatch (consumed -> started)", "imageConsumed", "started")
+    span("run (payload)", "started", "finished")
+    span("publish (finished -> completed)", "finished", "completed")
+    return stages
+
+
+def summarize_replay(result: ReplayResult) -> dict[str, Any]:
+    speed = result.config.timing.speed
+    plan = result.plan
+    by_key = _by_key(result)
+    statuses = Counter(r["status"] for r in result.records)
+    lost = [k for k in plan.expected if k not in by_key]
+    duplicates = sum(len(v) - 1 for v in by_key.values())
+    wrong = sorted(
+        (k, v[0]["status"]) for k, v in by_key.items() if v[0]["status"] not in plan.expected[k]
+    )
+    delivered = [k for k in plan.expected if k[0] not in plan.canceled and k not in plan.missing]
+    ran = [r for r in result.records if r["latencySeconds"] is not None]
+    within = sum(
+        1
+        for k in delivered
+        if k in by_key
+        and by_key[k][0]["latencySeconds"] is not None
+        and by_key[k][0]["status"] in ("finished", "late")
+        and by_key[k][0]["latencySeconds"] * speed <= BUDGET_S
+    )
+    overhead = [(r["started"] - r["imageArrived"]) * 1e3 for r in ran if r["started"]]
+    dispatch = [r["dispatchMs"] for r in ran if r["dispatchMs"] is not None]
+    stage_totals: dict[str, list[float]] = {}
+    for r in ran:
+        for name, ms in stage_ms(r).items():
+            stage_totals.setdefault(name, []).append(ms)
+    hits = [r["cacheHit"] for r in ran if r["cacheHit"] is not None]
+    return {
+        "night": result.night.source,
+        "mode": result.config.mode,
+        "speed": speed,
+        "visits": len(result.night.visits),
+        "jobs": plan.jobs,
+        **{s: statuses.get(s, 0) for s in STATUSES},
+        "lost": len(lost),
+        "duplicates": duplicates,
+        "wrong_status": len(wrong),
+        "wrong_status_examples": [f"visit {k[0]} detector {k[1]}: {s}" for k, s in wrong[:10]],
+        "budget_met": round(within / len(delivered), 5) if delivered else None,
+        "latency_s": summarize([r["latencySeconds"] * speed for r in ran], 2),
+        "overhead_ms": summarize(overhead, 1),
+        "dispatch_ms": summarize(dispatch, 2),
+        "stage_ms_mean": {k: round(sum(v) / len(v), 2) for k, v in stage_totals.items()},
+        "cache_hit_rate": round(sum(hits) / len(hits), 3) if hits else None,
+        "faults": {
+            "canceled_visits": len(plan.canceled),
+            "missing_images": len(plan.missing),
+            "late_images": len(plan.late),
+            "pilots_killed": len(result.kills),
+        },
+        "pilots": len(result.pilot_slots),
+        "slots_per_pilot": result.config.slots,
+        "wall_s": round(result.finished_wall - result.started_wall, 1),
+        "units": "latency_s: night seconds (wall x speed); overhead_ms, dispatch_ms, "
+        "stage_ms_mean: real wall milliseconds",
+    }
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    lat, ovh = summary["latency_s"], summary["overhead_ms"]
+    return [
+        f"replay ({summary['mode']}, {summary['speed']}x) of {summary['night']}",
+        f"visits {summary['visits']}  jobs {summary['jobs']}  finished {summary['finished']}  "
+        f"failed {summary['failed']}  late {summary['late']}  expired {summary['expired']}  "
+        f"canceled {summary['canceled']}",
+        f"lost {summary['lost']}  duplicates {summary['duplicates']}  "
+        f"wrong status {summary['wrong_status']}  budget_met {summary['budget_met']}",
+        f"end-to-end latency (night s)  p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  "
+        f"max {lat['max']}",
+        f"service overhead (wall ms)    p50 {ovh['p50']}  p95 {ovh['p95']}  p99 {ovh['p99']}  "
+        f"max {ovh['max']}",
+    ]

@@ -1,0 +1,116 @@
+"""``prompt replay``: rehearse a night (synthetic or imported) through the real service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from prompt.cli.common import fail
+from prompt.config import Settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("replay", help="replay an observing night; latency report vs 60 s")
+    src = p.add_argument_group("night")
+    src.add_argument("--night", type=Path, help="visit table: CSV, OpSim .db or Parquet")
+    src.add_argument("--columns", help="column overrides, e.g. start_mjd=mjd,band=filter")
+    src.add_argument("--seed", type=int, default=0, help="synthetic night and fault seed")
+    src.add_argument("--visits", type=int, help="replay this many visits")
+    src.add_argument("--start", help="first visit: index, or ISO UTC time")
+    run = p.add_argument_group("run")
+    run.add_argument("--speed", type=float, default=10.0, help="1 (real time) ... 50")
+    run.add_argument("--payload", default="sleep", choices=["sleep"])
+    run.add_argument("--run-s", type=float, default=10.0, help="payload mean run time (night s)")
+    run.add_argument("--pilots", type=int, default=2)
+    run.add_argument("--slots", type=int, default=96, help="warm workers per pilot")
+    run.add_argument("--detectors", default="0-188")
+    run.add_argument(
+        "--mode",
+        choices=["warm", "cold", "both"],
+        default="warm",
+        help="cold: no resurrection/preload, polling pilots; both: side by side",
+    )
+    run.add_argument("--poll-s", type=float, default=2.0, help="cold pilots' poll period (night s)")
+    faults = p.add_argument_group("faults")
+    faults.add_argument("--missing-images", type=float, default=0.0)
+    faults.add_argument("--duplicate-events", type=float, default=0.0)
+    faults.add_argument("--late-images", type=float, default=0.0)
+    faults.add_argument("--canceled-visits", type=float, default=0.0)
+    faults.add_argument("--kill-pilots", type=int, default=0)
+    out = p.add_argument_group("output")
+    out.add_argument("--json", type=Path, help="write the summary here")
+    out.add_argument("--out", type=Path, help="report directory (default .prompt/replay/<time>)")
+    out.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=run_cmd)
+
+
+def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from loadtest.plan import Faults, Timing
+    from loadtest.replay import ReplayConfig, run_replay
+    from loadtest.report import write_report
+    from loadtest.schedule import load_night, parse_columns, synthetic_night
+    from loadtest.summary import summarize_replay, summary_lines
+    from prompt.tasks.spec import Detectors
+
+    if not 1 <= args.speed <= 50:
+        return fail("--speed must be between 1 and 50")
+    try:
+        night = (
+            load_night(args.night, parse_columns(args.columns))
+            if args.night
+            else synthetic_night(args.seed)
+        ).select(args.visits, args.start)
+        detectors = tuple(Detectors(include=args.detectors).resolve())
+    except (OSError, ValueError) as exc:
+        return fail(str(exc))
+    out_dir = args.out or Path(".prompt/replay") / time.strftime("%Y%m%d-%H%M%S")
+    modes = ["warm", "cold"] if args.mode == "both" else [args.mode]
+    summaries: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        config = ReplayConfig(
+            timing=Timing(speed=args.speed),
+            faults=Faults(
+                missing_images=args.missing_images, duplicate_events=args.duplicate_events,
+                late_images=args.late_images, canceled_visits=args.canceled_visits,
+                kill_pilots=args.kill_pilots,
+            ),
+            detectors=detectors, mode=mode, pilots=args.pilots, slots=args.slots,
+            payload=args.payload, run_mean_s=args.run_s, poll_s=args.poll_s, seed=args.seed,
+            log_dir=out_dir / "logs", quiet=args.quiet,
+        )  # fmt: skip
+        print(f"replaying {len(night.visits)} visits x {len(detectors)} detectors "
+              f"({mode}, {args.speed}x) ...", flush=True)  # fmt: skip
+        result = asyncio.run(run_replay(settings, night, config))
+        summary = summarize_replay(result)
+        report = write_report(result, summary, out_dir / mode if len(modes) > 1 else out_dir)
+        summaries[mode] = summary
+        print("\n".join(summary_lines(summary)))
+        print(f"report: file://{report.resolve()}\n", flush=True)
+    if len(modes) > 1:
+        _side_by_side(summaries)
+    if args.json:
+        doc = summaries[modes[0]] if len(modes) == 1 else summaries
+        args.json.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    bad = any(s["lost"] or s["duplicates"] or s["wrong_status"] for s in summaries.values())
+    return 1 if bad else 0
+
+
+def _side_by_side(summaries: dict[str, dict[str, Any]]) -> None:
+    warm, cold = summaries["warm"], summaries["cold"]
+    rows = [
+        ("budget_met", warm["budget_met"], cold["budget_met"]),
+        ("latency p50 (night s)", warm["latency_s"]["p50"], cold["latency_s"]["p50"]),
+        ("latency p99 (night s)", warm["latency_s"]["p99"], cold["latency_s"]["p99"]),
+        ("overhead p50 (wall ms)", warm["overhead_ms"]["p50"], cold["overhead_ms"]["p50"]),
+        ("overhead p99 (wall ms)", warm["overhead_ms"]["p99"], cold["overhead_ms"]["p99"]),
+        ("late", warm["late"], cold["late"]),
+        ("cache_hit_rate", warm["cache_hit_rate"], cold["cache_hit_rate"]),
+    ]
+    print(f"{'':26}{'warm':>14}{'cold':>14}")
+    for name, a, b in rows:
+        print(f"{name:26}{a!s:>14}{b!s:>14}")
