@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo test lint typecheck pytest system-deps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "prompt needs Python >= 3.11, found " + sys.version)'
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/prompt --state-dir .prompt/demo demo
+	$(BIN)/prompt --state-dir .prompt/demo replay --visits 20 --speed 10
 
 lint: $(STAMP)
 	$(BIN)/ruff check prompt loadtest tests
@@ -28,7 +28,15 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# The replay report is checked in headless Chromium (Debian's package).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium (apt-get) for the report tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "the tests need Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+test: system-deps lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .prompt .mypy_cache .ruff_cache .pytest_cache

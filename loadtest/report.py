@@ -159,6 +159,13 @@ figure {{ display: inline-block; margin: 0.5em; }}
 <p class="summary">{lines}</p>
 {figures}
 <h2>Summary</h2><table>{rows}</table>
+<script>
+// Marks how many plots decoded, so a headless browser check can read it from the DOM.
+window.addEventListener("load", () => {{
+  const ok = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.plotsRendered = String(ok);
+}});
+</script>
 </body></html>
 """
     path = out_dir / "report.html"

@@ -77,6 +77,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         PROMPT_KAFKA_BOOTSTRAP=endpoints.kafka_bootstrap,
         PROMPT_DISPATCHER_NAME=settings.dispatcher_name,
         PROMPT_HEARTBEAT_TIMEOUT_S=str(settings.heartbeat_timeout_s),
+        PROMPT_KAFKA_FETCH_MAX_WAIT_MS=str(settings.kafka_fetch_max_wait_ms),
+        PROMPT_DISPATCH_MODE=settings.dispatch_mode,
         PROMPT_LOG_FORMAT="json",
         PROMPT_LOG_LEVEL=settings.log_level,
     )

@@ -11,7 +11,6 @@ from prompt import __version__
 from prompt.cli import (
     bench_cmd,
     db_cmd,
-    demo_cmd,
     dev_cmd,
     events_cmd,
     pilot_cmd,
@@ -37,7 +36,6 @@ COMMANDS = (
     send_cmd,
     events_cmd,
     bench_cmd,
-    demo_cmd,
 )
 
 

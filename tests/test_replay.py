@@ -1,0 +1,85 @@
+"""A short replayed stretch through the real stack, with faults, and its report in Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from loadtest.plan import Faults, Timing
+from loadtest.replay import ReplayConfig, run_replay
+from loadtest.report import PLOTS, write_report
+from loadtest.schedule import synthetic_night
+from loadtest.summary import summarize_replay
+from prompt.config import Settings
+from prompt.stack import Endpoints
+
+pytestmark = pytest.mark.stack
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Chromium is needed for the report check (`make test` installs it)"
+    return path
+
+
+async def test_replay_with_faults_accounts_for_every_job(
+    prompt_stack: Endpoints, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=prompt_stack.database_url,
+        kafka_bootstrap=prompt_stack.kafka_bootstrap,
+        state_dir=tmp_path / "state",
+    )
+    night = synthetic_night(seed=5).select(6, "40")
+    config = ReplayConfig(
+        timing=Timing(speed=20),
+        faults=Faults(missing_images=0.1, duplicate_events=0.1, late_images=0.05,
+                      canceled_visits=0.2, kill_pilots=1),
+        detectors=tuple(range(24)), pilots=2, slots=16, run_mean_s=6.0, seed=11,
+        log_dir=tmp_path / "logs", quiet=True,
+    )  # fmt: skip
+    result = await run_replay(settings, night, config)
+    summary = summarize_replay(result)
+    plan = result.plan
+    assert plan.canceled and plan.missing and result.kills, "the seed must inject every fault"
+    assert summary["jobs"] == 6 * 24
+    assert (summary["lost"], summary["duplicates"], summary["wrong_status"]) == (0, 0, 0)
+    statuses = Counter(r["status"] for r in result.records)
+    assert statuses["canceled"] == 24 * len(plan.canceled)
+    assert statuses["expired"] == len(plan.missing)
+    assert statuses["finished"] + statuses["late"] == plan.jobs - statuses["canceled"] - len(
+        plan.missing
+    )
+    assert summary["budget_met"] is not None and summary["budget_met"] > 0.9
+
+    report = write_report(result, summary, tmp_path / "report")
+    assert (tmp_path / "report" / "report.json").is_file()
+    await asyncio.to_thread(check_in_chromium, report, tmp_path)
+
+
+def check_in_chromium(report: Path, tmp_path: Path) -> None:
+    dom = subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",
+         "--virtual-time-budget=10000", "--dump-dom", report.resolve().as_uri()],
+        capture_output=True, timeout=60, check=True,
+    ).stdout.decode()  # fmt: skip
+    assert f'data-plots-rendered="{len(PLOTS)}"' in dom, "every plot decoded in Chromium"
+    for name in PLOTS:
+        assert f'id="{name}"' in dom
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium2'}",
+         "--window-size=1300,1800", f"--screenshot={shot}", report.resolve().as_uri()],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert shot.stat().st_size > 50_000
