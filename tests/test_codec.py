@@ -138,6 +138,7 @@ async def test_completion_round_trip(registry: LocalSchemaRegistry) -> None:
         "cacheHit": True,
         "error": None,
         "nextVisitReceived": 1.0,
+        "preloaded": 1.5,
         "imageArrived": 2.0,
         "imageConsumed": 2.001,
         "dispatched": 2.002,
