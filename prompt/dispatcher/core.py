@@ -153,7 +153,7 @@ class Dispatcher:
             )  # fmt: skip
             await conn.execute(OFFSET_UPSERT, self.config.name, topic, partition, offset + 1)
         self._close_key((nv.instrument, nv.group_id), status)
-        self.held.pop((nv.instrument, nv.group_id), None)
+        self._drop_held((nv.instrument, nv.group_id))
         log.info("visit ignored", group=nv.group_id, instrument=nv.instrument, reason=reason)
 
     async def _resurrect(
@@ -282,7 +282,7 @@ class Dispatcher:
                         OFFSET_UPSERT, self.config.name, topic, partition, offset + 1
                     )
                 for key in [k for k in self.held if k[1] == group]:
-                    del self.held[key]
+                    self._drop_held(key)
                 return
             self.writer.offset(topic, partition, offset + 1)
             return
@@ -334,11 +334,16 @@ class Dispatcher:
             return
         held.append((arrival, consumed))
         self.counts["held"] += 1
-        self.metrics.ignored.labels("image-arrival", "held_for_next_visit").inc()
         self.writer.held(
             (arrival.instrument, arrival.group_id, arrival.detector, arrival.snap, arrival.uri,
              arrival.event_time or consumed, consumed)
         )  # fmt: skip
+
+    def _drop_held(self, key: VisitKey, reason: str = "visit_closed") -> None:
+        """Images that waited for a next-visit that turned out ignored or canceled."""
+        dropped = self.held.pop(key, [])
+        if dropped:
+            self.metrics.ignored.labels("image-arrival", reason).inc(len(dropped))
 
     def _apply_image(self, visit: Visit, arrival: ImageArrival, consumed: float) -> None:
         job = visit.jobs.get(arrival.detector)
@@ -665,8 +670,7 @@ class Dispatcher:
         if self.held:
             limit = wall - self.config.held_ttl_s
             for key in [k for k, v in self.held.items() if v[-1][1] < limit]:
-                del self.held[key]
-                self.metrics.ignored.labels("image-arrival", "next_visit_never_came").inc()
+                self._drop_held(key, "next_visit_never_came")
         if self.warm and self._ready:
             for pilot in self.pilots.pilots.values():
                 if pilot.free > 0 and pilot.connected:
