@@ -146,3 +146,33 @@ async def test_dispatcher_killed_while_jobs_run(
         assert Counter((r["status"], r["attempt"]) for r in completions.records) == {
             ("finished", 1): 32
         }
+
+
+async def test_recovery_applies_held_rows_and_keeps_only_those_still_waiting(
+    isolated_settings: Settings,
+) -> None:
+    settings = service_settings(isolated_settings)
+    await apply_task_file(settings, sleep_task_file(mean_s=0.01, detectors="0-3"))
+    nv = next_visit_for(group_id("orphan"), start_utc=time.time())
+    async with InProcessDispatcher(settings) as running, EventSender(settings) as sender:
+        await sender.next_visit(nv)
+        async with asyncio.timeout(20):
+            while not running.dispatcher.visits:
+                await asyncio.sleep(0.02)
+    conn = await connect(settings.database_url or "")
+    try:
+        # An image row written behind after its visit was resurrected, and a real early one.
+        for group in (nv.group_id, "not-yet-announced"):
+            await conn.execute(
+                "INSERT INTO held_images VALUES ('LSSTCam', $1, 2, 0, 's3://b/k', $2, $2)",
+                group,
+                time.time(),
+            )
+        async with InProcessDispatcher(settings) as running:
+            visit = next(iter(running.dispatcher.visits.values()))
+            assert visit.jobs[2].snaps_mask == 1, "the orphaned row's image was applied"
+            assert list(running.dispatcher.held) == [("LSSTCam", "not-yet-announced")]
+        rows = await conn.fetch("SELECT group_id FROM held_images")
+        assert [r["group_id"] for r in rows] == ["not-yet-announced"]
+    finally:
+        await conn.close()

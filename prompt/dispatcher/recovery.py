@@ -116,6 +116,15 @@ async def recover_state(d: Dispatcher, conn: asyncpg.Connection) -> dict[str, An
             event_time=row["event_time"],
         )  # fmt: skip
         d.on_image(arrival, row["consumed_at"])
+    # Rows whose visit exists by now (written behind after its resurrection) were just applied
+    # or recognised as duplicates; keep only those still waiting for their next-visit.
+    await conn.execute(
+        """DELETE FROM held_images h WHERE NOT EXISTS (
+               SELECT 1 FROM unnest($1::text[], $2::text[]) AS w(instrument, group_id)
+               WHERE w.instrument = h.instrument AND w.group_id = h.group_id)""",
+        [k[0] for k in d.held],
+        [k[1] for k in d.held],
+    )
     summary = {
         "visits": len(d.visits),
         "open_jobs": len(d.jobs),
