@@ -28,13 +28,19 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-# The replay report is checked in headless Chromium (Debian's package).
+# Debian packages the tests use: chromium (the replay report is checked in it) and promtool
+# (package prometheus; alert rules are unit-tested with it).
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing chromium (apt-get) for the report tests"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "the tests need Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+	    echo "installing$$missing (apt-get) for the tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "the tests need:$$missing (sudo apt-get install$$missing)" >&2; exit 1; fi; \
+	fi
 
 test: system-deps lint typecheck pytest
 

@@ -89,6 +89,8 @@ class Intake:
         self._resolver = resolver
         self._start_from = start_from
         self._stopping = asyncio.Event()
+        self.positions: dict[tuple[str, int], int] = {}
+        """Next offset to process per partition (what the lag gauge is measured against)."""
         self.control: AIOKafkaConsumer | None = None
         self.images: AIOKafkaConsumer | None = None
         self._handlers: dict[str, Handler] = {
@@ -141,7 +143,21 @@ class Intake:
                 self._writer.offset(tp.topic, tp.partition, off)
         for tp in tps:
             consumer.seek(tp, stored[(tp.topic, tp.partition)])
+            self.positions[(tp.topic, tp.partition)] = stored[(tp.topic, tp.partition)]
         return consumer
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Per partition: high watermark (as of the last fetch) minus our position. No I/O."""
+        out: dict[tuple[str, int], int] = {}
+        for consumer in (self.control, self.images):
+            if consumer is None:
+                continue
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                position = self.positions.get((tp.topic, tp.partition))
+                if high is not None and position is not None:
+                    out[(tp.topic, tp.partition)] = max(0, high - position)
+        return out
 
     def stop(self) -> None:
         self._stopping.set()
@@ -158,6 +174,7 @@ class Intake:
             for msgs in batch.values():
                 for msg in msgs:
                     await self._control_message(msg)
+                    self.positions[(msg.topic, msg.partition)] = msg.offset + 1
                     if self._stopping.is_set():
                         break  # the rest is re-read from the stored offset next time
 
@@ -199,6 +216,7 @@ class Intake:
                 if msgs:
                     last = msgs[-1]
                     self._writer.offset(last.topic, last.partition, last.offset + 1)
+                    self.positions[(last.topic, last.partition)] = last.offset + 1
 
     async def _image_message(self, msg: ConsumerRecord[Any, Any]) -> None:
         consumed = time.time()

@@ -32,6 +32,7 @@ from prompt.events import AvroCodec, EventKind, make_registry
 from prompt.events.raw_metadata import RawMetadataResolver
 from prompt.kafka import aiokafka_options, consumer_options
 from prompt.metrics import DispatcherMetrics
+from prompt.metrics.state import DispatcherStateCollector
 from prompt.runtime import freeze_startup_objects
 from prompt.stack import resolve_endpoints
 from prompt.store import create_pool
@@ -178,6 +179,7 @@ async def serve(
             freeze_startup_objects()
             await _wait_for_pilots(dispatcher, config.heartbeat_timeout_s, stop)
             positions = await intake.start(pool)
+            metrics.registry.register(DispatcherStateCollector(dispatcher, intake.lag))
             loops = [
                 tg.create_task(intake.run_control(), name="intake-control"),
                 tg.create_task(intake.run_images(), name="intake-images"),

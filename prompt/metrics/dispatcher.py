@@ -9,6 +9,12 @@ MS_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 E2E_BUCKETS_S = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 JOB_STATUSES = ("finished", "failed", "late", "expired", "canceled")
 EVENT_KINDS = ("next-visit", "next-visit-canceled", "image-arrival")
+# Known label sets, exported as 0 from the start so rules and dashboards see zeros, not gaps.
+DEAD_LETTER_REASONS = ("framing", "unknown_schema", "payload", "notification", "invalid")
+IGNORED = {
+    "next-visit": ("duplicate", "no_task", "stale", "not_observation", "canceled"),
+    "image-arrival": ("duplicate", "visit_closed", "detector_not_in_task", "next_visit_never_came"),
+}
 
 
 class DispatcherMetrics:
@@ -74,3 +80,11 @@ class DispatcherMetrics:
         # Children used per event, made once.
         self.consumed_by = {k: self.consumed.labels(k) for k in EVENT_KINDS}
         self.jobs_by = {s: self.jobs.labels(s) for s in JOB_STATUSES}
+        for kind in EVENT_KINDS:
+            for reason in DEAD_LETTER_REASONS:
+                self.dead_lettered.labels(kind, reason)
+        for kind, reasons in IGNORED.items():
+            for reason in reasons:
+                self.ignored.labels(kind, reason)
+        for outcome in ("hit", "miss"):
+            self.preload.labels(outcome)
