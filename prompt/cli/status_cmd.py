@@ -17,6 +17,7 @@ from prompt.store import connect
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("status", help="visits in flight, jobs per state, pilots")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--job", type=int, help="one job: its state, timestamps, error and payload log")
     p.set_defaults(handler=run)
 
 
@@ -48,11 +49,39 @@ async def collect(url: str) -> dict[str, Any]:
     }
 
 
+async def job_detail(url: str, job_id: int) -> dict[str, Any] | None:
+    conn = await connect(url)
+    try:
+        row = await conn.fetchrow(
+            """SELECT j.*, v.instrument, v.group_id, t.name AS task FROM jobs j
+               JOIN visits v ON v.id = j.visit_id LEFT JOIN tasks t ON t.id = v.task_id
+               WHERE j.id = $1""",
+            job_id,
+        )
+    finally:
+        await conn.close()
+    return None if row is None else dict(row)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         url = resolve_database_url(settings)
     except StackNotRunningError as exc:
         return fail(str(exc))
+    if args.job is not None:
+        job = asyncio.run(job_detail(url, args.job))
+        if job is None:
+            return fail(f"no job {args.job}")
+        result = job.pop("result") or {}
+        if args.json:
+            print_json({**job, "result": result})
+            return 0
+        for key, val in job.items():
+            print(f"{key:18} {val}")
+        print(f"{'counts':18} {result.get('counts')}\n{'stages':18} {result.get('stages')}")
+        print("--- payload output (last 64 KiB) ---")
+        print(result.get("log") or "(no output)")
+        return 0
     status = asyncio.run(collect(url))
     if args.json:
         print_json(status)

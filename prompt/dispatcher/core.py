@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from typing import Any
 
 import asyncpg
@@ -62,6 +62,9 @@ class Dispatcher:
         self._labels: dict[int, frozenset[str]] = {}
         self.counts: dict[str, int] = {"duplicates": 0, "held": 0, "retries": 0}
         self.warm = config.mode == "warm"
+        # For the operator page: the last visits and the jobs that went wrong.
+        self.recent: deque[dict[str, Any]] = deque(maxlen=12)
+        self.problems: deque[dict[str, Any]] = deque(maxlen=100)
         # cold mode: next-visits only noted; the visit is built when its first image arrives
         self.announced: dict[VisitKey, tuple[NextVisit, dict[str, Any], float]] = {}
 
@@ -220,7 +223,6 @@ class Dispatcher:
         visit.open_jobs = len(rows)
         self.visits[key] = visit
         heapq.heappush(self._expiry, (expires, next(self._seq), key))
-        self.metrics.visits_in_flight.set(len(self.visits))
         log.info(
             "task resurrected", group=nv.group_id, instrument=nv.instrument, task=task.name,
             jobs=len(rows), resurrect_ms=round((time.perf_counter() - t0) * 1e3, 2),
@@ -566,7 +568,6 @@ class Dispatcher:
                 and claimed_job.pilot_id == pilot.id
             ):
                 pilot.running[job_id] = claimed_job
-        self.metrics.pilots_connected.set(len(self.pilots.connected()))
         self.writer.pilot(self._pilot_row(pilot, "connected"))
         if self.warm:
             self.fill(pilot)
@@ -579,7 +580,6 @@ class Dispatcher:
         if pilot.disconnected_at is None:
             pilot.disconnected_at = time.monotonic()
         pilot.channel = None
-        self.metrics.pilots_connected.set(len(self.pilots.connected()))
 
     def pilot_connection_closed(self, pilot: PilotSession, channel: Any) -> None:
         if pilot.channel is channel:
@@ -598,7 +598,6 @@ class Dispatcher:
         self.writer.pilot(self._pilot_row(pilot, "lost"))
         for job in jobs:
             self._lost(job, f"pilot {pilot.id} lost ({why})")
-        self.metrics.pilots_connected.set(len(self.pilots.connected()))
 
     def _lost(self, job: Job, why: str) -> None:
         if job.terminal or job.state not in ON_PILOT:
@@ -622,6 +621,12 @@ class Dispatcher:
         if job.finished is not None and job.image_arrived is not None:
             self.metrics.end_to_end.observe(max(0.0, job.finished - job.image_arrived))
         self.metrics.jobs_by[status.value].inc()
+        if status in (JobState.FAILED, JobState.LATE, JobState.EXPIRED):
+            self.problems.append(
+                {"job": job.id, "group": visit.nv.group_id, "detector": job.detector,
+                 "status": status.value, "attempt": job.attempt, "pilot": job.pilot_id,
+                 "error": job.error, "at": job.completed}
+            )  # fmt: skip
         value = self.completion_codec.encode(completion_record(job))
         self.writer.job(job, completion=value, after=after)
         if visit.open_jobs <= 0:
@@ -632,11 +637,30 @@ class Dispatcher:
         if all(j.state is JobState.CANCELED for j in visit.jobs.values()):
             status = "canceled"
         self.writer.visit_status(visit.id, status)
+        latencies = sorted(
+            j.finished - j.image_arrived
+            for j in visit.jobs.values()
+            if j.finished is not None and j.image_arrived is not None
+        )
+        self.recent.appendleft(
+            {
+                "group": visit.nv.group_id,
+                "instrument": visit.nv.instrument,
+                "task": visit.task.name,
+                "status": status,
+                "filter": visit.nv.filters,
+                "counts": dict(Counter(j.state.value for j in visit.jobs.values())),
+                "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+                if latencies
+                else None,
+                "detectors": {j.detector: j.state.value for j in visit.jobs.values()},
+                "done_at": time.time(),
+            }
+        )
         self.visits.pop(visit.key, None)
         self._close_key(visit.key, status)
         for job in visit.jobs.values():
             self.jobs.pop(job.id, None)
-        self.metrics.visits_in_flight.set(len(self.visits))
         log.info("visit complete", group=visit.nv.group_id, status=status,
                  jobs=len(visit.jobs))  # fmt: skip
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from prompt.dispatcher.core import Dispatcher
+from prompt.dispatcher.operator import operator_snapshot
 from prompt.metrics import DispatcherMetrics
 
 
@@ -45,7 +50,55 @@ def status_snapshot(d: Dispatcher) -> dict[str, Any]:
     }
 
 
+OPERATOR_PAGE = Path(__file__).with_name("operator.html")
+STREAM_INTERVAL_S = 1.0
+
+
 def make_app(d: Dispatcher, metrics: DispatcherMetrics, healthy: Any) -> web.Application:
+    closing = asyncio.Event()
+    page = OPERATOR_PAGE.read_bytes()  # read once, at start-up
+
+    async def root_view(_: web.Request) -> web.Response:
+        raise web.HTTPFound("/ui")
+
+    async def ui_view(_: web.Request) -> web.Response:
+        return web.Response(body=page, content_type="text/html", charset="utf-8")
+
+    async def snapshot_view(_: web.Request) -> web.Response:
+        return web.Response(
+            body=orjson.dumps(operator_snapshot(d), option=orjson.OPT_NON_STR_KEYS),
+            content_type="application/json",
+        )
+
+    async def stream_view(request: web.Request) -> web.StreamResponse:
+        """Server-sent events: one snapshot a second until the client or the service goes."""
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        try:
+            while not closing.is_set():
+                await resp.write(
+                    b"data: "
+                    + orjson.dumps(operator_snapshot(d), option=orjson.OPT_NON_STR_KEYS)
+                    + b"\n\n"
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closing.wait(), STREAM_INTERVAL_S)
+        except (ConnectionResetError, ConnectionError):
+            pass
+        return resp
+
+    async def log_view(request: web.Request) -> web.Response:
+        job_id = int(request.match_info["job"])
+        text = await job_log(d, job_id)
+        if text is None:
+            raise web.HTTPNotFound(text=f"no job {job_id}")
+        return web.Response(text=text or "(no output)", content_type="text/plain")
+
+    async def on_shutdown(_: web.Application) -> None:
+        closing.set()
+
     async def metrics_view(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -58,7 +111,25 @@ def make_app(d: Dispatcher, metrics: DispatcherMetrics, healthy: Any) -> web.App
         return web.json_response(status_snapshot(d))
 
     app = web.Application()
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/", root_view)
+    app.router.add_get("/ui", ui_view)
+    app.router.add_get("/ui/snapshot", snapshot_view)
+    app.router.add_get("/ui/stream", stream_view)
+    app.router.add_get("/jobs/{job:\\d+}/log", log_view)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", health_view)
     app.router.add_get("/status", status_view)
     return app
+
+
+async def job_log(d: Dispatcher, job_id: int) -> str | None:
+    """The payload's output (bounded) for a job: from memory if open, else from the database."""
+    job = d.jobs.get(job_id)
+    if job is not None and job.result is not None:
+        return str(job.result.get("log", ""))
+    async with d.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT result FROM jobs WHERE id = $1", job_id)
+    if row is None:
+        return None
+    return str((row["result"] or {}).get("log", ""))

@@ -133,6 +133,5 @@ async def recover_state(d: Dispatcher, conn: asyncpg.Connection) -> dict[str, An
         "held_images": len(held),
         "closed_visits": len(closed),
     }
-    d.metrics.visits_in_flight.set(len(d.visits))
     log.info("state recovered", **summary)
     return summary

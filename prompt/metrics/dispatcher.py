@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 MS_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 E2E_BUCKETS_S = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
@@ -70,13 +70,7 @@ class DispatcherMetrics:
         self.preload = Counter(
             "prompt_preload_total", "preload hints by cache outcome", ["outcome"], registry=r
         )
-        self.pilots_connected = Gauge(
-            "prompt_pilots_connected", "pilots with an open connection", registry=r
-        )
         self.pilots_lost = Counter("prompt_pilots_lost_total", "pilots declared lost", registry=r)
-        self.visits_in_flight = Gauge(
-            "prompt_visits_in_flight", "visits with open jobs", registry=r
-        )
         # Children used per event, made once.
         self.consumed_by = {k: self.consumed.labels(k) for k in EVENT_KINDS}
         self.jobs_by = {s: self.jobs.labels(s) for s in JOB_STATUSES}

@@ -25,6 +25,10 @@ LOG_LIMIT = 64 * 1024
 class PayloadFailed(Exception):
     """The payload ran and reported failure (as opposed to crashing the worker)."""
 
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log
+
 
 @dataclass
 class JobContext:
@@ -120,7 +124,7 @@ def run_argv(ctx: JobContext, payload: dict[str, Any], timeout_s: float) -> str:
     log = (proc.stdout + proc.stderr)[-LOG_LIMIT:].decode("utf-8", "replace")
     if proc.returncode != 0:
         tail = proc.stderr[-500:].decode("utf-8", "replace").strip()
-        raise PayloadFailed(f"exit status {proc.returncode}: {tail}")
+        raise PayloadFailed(f"exit status {proc.returncode}: {tail}", log=log)
     return log
 
 
@@ -153,6 +157,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             raise PayloadFailed(f"unknown payload kind {kind!r}")
     except PayloadFailed as exc:
         error = str(exc)
+        log = exc.log or log
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     finally:
