@@ -537,8 +537,10 @@ class Dispatcher:
     def _retry_or_fail(self, job: Job, *, after: Any = None) -> None:
         budget_left = job.deadline is None or time.time() < job.deadline
         if job.attempt < job.max_attempts and budget_left:
-            log.info("job retried", job=job.id, detector=job.detector, attempt=job.attempt,
-                     error=job.error)  # fmt: skip
+            log.info(
+                "job retried", group=job.visit.nv.group_id, detector=job.detector, job=job.id,
+                attempt=job.attempt, error=job.error,
+            )  # fmt: skip
             job.state = JobState.READY
             if after is not None:
                 self.writer.after_commit(after)
@@ -621,6 +623,15 @@ class Dispatcher:
         if job.finished is not None and job.image_arrived is not None:
             self.metrics.end_to_end.observe(max(0.0, job.finished - job.image_arrived))
         self.metrics.jobs_by[status.value].inc()
+        context = {
+            "group": visit.nv.group_id, "instrument": visit.nv.instrument,
+            "detector": job.detector, "job": job.id, "attempt": job.attempt, "pilot": job.pilot_id,
+            "status": status.value,
+        }  # fmt: skip
+        if status in (JobState.FAILED, JobState.LATE, JobState.EXPIRED):
+            log.warning("job " + status.value, error=job.error, **context)
+        else:
+            log.debug("job " + status.value, **context)
         if status in (JobState.FAILED, JobState.LATE, JobState.EXPIRED):
             self.problems.append(
                 {"job": job.id, "group": visit.nv.group_id, "detector": job.detector,

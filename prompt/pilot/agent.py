@@ -369,6 +369,12 @@ class Pilot:
             **result,
         }
         self.unacked[(msg["job"], msg["attempt"])] = finished
+        if not result.get("ok"):
+            fields = msg.get("fields", {})
+            log.warning(
+                "job failed on pilot", group=fields.get("group"), detector=fields.get("detector"),
+                job=msg["job"], attempt=msg["attempt"], error=result.get("error"),
+            )  # fmt: skip
         if self.channel is not None:
             with contextlib.suppress(ConnectionError):
                 self.channel.send(finished)
