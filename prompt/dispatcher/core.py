@@ -672,6 +672,9 @@ class Dispatcher:
         self._close_key(visit.key, status)
         for job in visit.jobs.values():
             self.jobs.pop(job.id, None)
+        # Job -> Visit -> jobs -> Job is a reference cycle: break it so reference counting frees
+        # the visit at once instead of a full garbage collection later, mid-burst.
+        visit.jobs.clear()
         log.info("visit complete", group=visit.nv.group_id, status=status,
                  jobs=len(visit.jobs))  # fmt: skip
 
