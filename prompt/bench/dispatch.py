@@ -48,6 +48,9 @@ class BenchShape:
     slots: int = 96
     sleep_s: float = 0.1
     preload_timeout_s: float = 30.0
+    warmup: int = 1
+    """Visits run first and left out of the percentiles (reported as warmup_burst_ms): the
+    first burst after start runs every code path in every process for the first time."""
 
 
 def isolated(settings: Settings, run_id: str) -> Settings:
@@ -97,7 +100,8 @@ async def _run(settings: Settings, shape: BenchShape, log_dir: Path, run_id: str
         await service.wait_pilots(shape.pilots)
         groups: list[str] = []
         async with CompletionCollector(settings) as collector, EventSender(settings) as sender:
-            for v in range(shape.visits):
+            total = shape.warmup + shape.visits
+            for v in range(total):
                 start = time.time() + 20.0
                 group = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start)) + f".{v:03d}"
                 group += f"-{run_id}"
@@ -107,17 +111,26 @@ async def _run(settings: Settings, shape: BenchShape, log_dir: Path, run_id: str
                 await _wait_preloaded(service, group, shape)
                 await sender.images(image_arrivals(nv, range(shape.detectors)))
                 await collector.wait_for((v + 1) * shape.detectors, timeout=120)
-                print(f"  visit {v + 1}/{shape.visits} done", flush=True)
+                label = "warm-up visit" if v < shape.warmup else "visit"
+                print(f"  {label} {v + 1}/{total} done", flush=True)
             await asyncio.sleep(0.5)  # let any duplicate surface before counting
             records = list(collector.records)
             duplicates = collector.duplicates()
             completed_jobs = len(collector.by_job)
-        resurrect = await _resurrect_ms(settings, groups)
+        resurrect = await _resurrect_ms(settings, groups[shape.warmup :])
     finally:
         for pilot in pilots:
             await asyncio.to_thread(pilot.terminate, 60)
         await asyncio.to_thread(service.terminate, 60)
-    return _report(shape, records, duplicates, completed_jobs, resurrect)
+    warm = set(groups[: shape.warmup])
+    return _report(
+        shape,
+        [r for r in records if r["groupId"] not in warm],
+        duplicates,
+        completed_jobs - shape.warmup * shape.detectors,
+        resurrect,
+        warmup=[r for r in records if r["groupId"] in warm],
+    )
 
 
 async def _wait_preloaded(service: Any, group: str, shape: BenchShape) -> None:
@@ -143,22 +156,31 @@ async def _resurrect_ms(settings: Settings, groups: list[str]) -> list[float]:
     return [(r["resurrected_at"] - r["received_at"]) * 1e3 for r in rows if r["resurrected_at"]]
 
 
+def _burst_ms(records: list[dict[str, Any]]) -> list[float]:
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_group.setdefault(r["groupId"], []).append(r)
+    return [
+        (max(r["started"] for r in rs) - min(r["imageConsumed"] for r in rs)) * 1e3
+        for rs in by_group.values()
+        if all(r["started"] is not None for r in rs)
+    ]
+
+
 def _report(
     shape: BenchShape,
     records: list[dict[str, Any]],
     duplicates: int,
     completed_jobs: int,
     resurrect: list[float],
+    *,
+    warmup: list[dict[str, Any]],
 ) -> dict[str, Any]:
     first = [r for r in records if r["attempt"] == 1 and r["dispatchMs"] is not None]
     by_group: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_group.setdefault(r["groupId"], []).append(r)
-    bursts = [
-        (max(r["started"] for r in rs) - min(r["imageConsumed"] for r in rs)) * 1e3
-        for rs in by_group.values()
-        if all(r["started"] is not None for r in rs)
-    ]
+    bursts = _burst_ms(records)
     per_visit = [
         {"visit": i + 1, "burst_ms": round(b, 1),
          "cache_hit": round(sum(bool(r["cacheHit"]) for r in rs) / len(rs), 2)}
@@ -179,6 +201,10 @@ def _report(
         "dispatch_ms": summarize([r["dispatchMs"] for r in first]),
         "resurrect_ms": summarize(resurrect),
         "burst_ms": {k: v for k, v in summarize(bursts).items() if k in ("p50", "max")},
+        "warmup_burst_ms": [round(b, 1) for b in _burst_ms(warmup)],
+        "warmup_dispatch_ms_max": round(max((r["dispatchMs"] or 0) for r in warmup), 2)
+        if warmup
+        else None,
         "per_visit": per_visit,
         "breakdown_ms": {
             # where dispatch_ms goes: consuming the burst, the dispatcher's own work, the pilot

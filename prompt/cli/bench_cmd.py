@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--pilots", type=int, default=2, help="pilot processes")
     d.add_argument("--slots", type=int, default=96, help="warm workers per pilot")
     d.add_argument("--sleep-s", type=float, default=0.1, help="sleep payload duration")
+    d.add_argument("--warmup", type=int, default=1, help="untimed visits first (reported apart)")
     d.add_argument("--json", type=Path, help="also write the result here")
     d.add_argument("--logs", type=Path, default=Path(".prompt/bench-logs"))
     p.set_defaults(handler=run)
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     shape = BenchShape(
         visits=args.visits, detectors=args.detectors, pilots=args.pilots, slots=args.slots,
-        sleep_s=args.sleep_s,
+        sleep_s=args.sleep_s, warmup=args.warmup,
     )  # fmt: skip
     if shape.pilots * shape.slots < shape.detectors:
         print(

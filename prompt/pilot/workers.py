@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing as mp
 import os
 import signal
@@ -38,6 +39,11 @@ def _worker_main(conn: Connection, warm_imports: tuple[str, ...], nice: int) -> 
 
     for module in warm_imports:
         importlib.import_module(module)
+    # Every worker is forked with the same state and runs the same jobs, so without this they
+    # all reach their first full garbage collection (scanning everything imported) at the same
+    # job: measured as one visit per run with a 2.5-4x slower burst. Collect and freeze now.
+    gc.collect()
+    gc.freeze()
     conn.send_bytes(orjson.dumps({"ready": os.getpid()}))
     while True:
         try:
