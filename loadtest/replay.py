@@ -25,6 +25,7 @@ from prompt.cluster import (
     PilotProcess,
     ServiceProcess,
     apply_task_file,
+    sleep_task_file,
     start_dispatcher,
     start_pilot,
 )
@@ -35,7 +36,7 @@ from prompt.kafka import ensure_topics
 from prompt.stack import Stack
 from prompt.stack.scratch import scratch_database
 from prompt.stats import percentile
-from prompt.tasks import TaskFile, load_task_file
+from prompt.tasks import TaskFile
 
 
 @dataclass(frozen=True)
@@ -76,24 +77,21 @@ class ReplayResult:
 
 
 def replay_task(config: ReplayConfig, name: str) -> TaskFile:
+    """The replay's task: the sleep payload with every night duration divided by speed."""
     s = config.timing.speed
     if config.payload != "sleep":
         raise ValueError(f"payload {config.payload!r} is not available (sleep)")
-    detectors = ",".join(str(d) for d in config.detectors)
-    return load_task_file(
-        f"""
-- name: {name}
-  instrument: LSSTCam
-  detectors: {{include: "{detectors}"}}
-  payload:
-    kind: sleep
-    params: {{distribution: lognormal, mean_s: {config.run_mean_s / s},
-              sigma: {config.run_sigma}, max_s: {4 * config.run_mean_s / s}}}
-  job_timeout_s: {5 * config.run_mean_s / s}
-  deadline_s: {config.deadline_s / s}
-  image_timeout_s: {60.0 / s}
-  max_attempts: 3
-"""
+    return sleep_task_file(
+        name=name,
+        detectors=",".join(str(d) for d in config.detectors),
+        distribution="lognormal",
+        mean_s=config.run_mean_s / s,
+        sigma=config.run_sigma,
+        max_s=4 * config.run_mean_s / s,
+        job_timeout_s=5 * config.run_mean_s / s,
+        deadline_s=config.deadline_s / s,
+        image_timeout_s=60.0 / s,
+        max_attempts=3,
     )
 
 
@@ -157,7 +155,7 @@ class Progress:
 
 async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> ReplayResult:
     run_id = uuid.uuid4().hex[:8]
-    topics = Topics(**{f: f"{name}.{run_id}" for f, name in Topics().model_dump().items()})
+    topics = Topics().suffixed(run_id)
     settings = settings.with_overrides(
         topics=topics,
         dispatcher_name=f"replay-{run_id}",

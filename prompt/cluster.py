@@ -40,6 +40,7 @@ def sleep_task_file(
     image_timeout_s: float = 60.0,
     job_timeout_s: float = 120.0,
     fail_rate: float = 0.0,
+    max_s: float = 600.0,
     name: str = "lsstcam-sleep",
 ) -> TaskFile:
     """The built-in load-test task: every LSSTCam science detector, ``sleep`` payload."""
@@ -51,7 +52,7 @@ def sleep_task_file(
   payload:
     kind: sleep
     params: {{distribution: {distribution}, mean_s: {mean_s}, sigma: {sigma},
-              fail_rate: {fail_rate}}}
+              fail_rate: {fail_rate}, max_s: {max_s}}}
   job_timeout_s: {job_timeout_s}
   deadline_s: {deadline_s}
   image_timeout_s: {image_timeout_s}

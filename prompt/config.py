@@ -21,6 +21,10 @@ class Topics(BaseSettings):
     alerts: str = "prompt.alerts"
     dead_letter: str = "prompt.dead-letter"
 
+    def suffixed(self, suffix: str) -> Topics:
+        """The same topics with ``.suffix`` appended: private topics for one run or test."""
+        return Topics(**{field: f"{name}.{suffix}" for field, name in self.model_dump().items()})
+
     def all(self) -> list[str]:
         return [
             self.next_visit,

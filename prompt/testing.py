@@ -42,7 +42,7 @@ async def isolated_settings(prompt_stack: Endpoints, tmp_path: Path) -> AsyncIte
             database_url=url,
             kafka_bootstrap=prompt_stack.kafka_bootstrap,
             state_dir=tmp_path / "state",
-            topics=Topics(**{f: f"{name}.{suffix}" for f, name in Topics().model_dump().items()}),
+            topics=Topics().suffixed(suffix),
         )
         await ensure_topics(settings, prompt_stack.kafka_bootstrap)
         yield settings

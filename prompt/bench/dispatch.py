@@ -55,7 +55,7 @@ class BenchShape:
 
 def isolated(settings: Settings, run_id: str) -> Settings:
     """Fresh topics and a fresh dispatcher name on a shared stack, so runs never mix."""
-    topics = Topics(**{f: f"{name}.{run_id}" for f, name in Topics().model_dump().items()})
+    topics = Topics().suffixed(run_id)
     return settings.with_overrides(
         topics=topics,
         dispatcher_name=f"bench-{run_id}",
