@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -415,22 +414,3 @@ class CompletionCollector:
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
-
-
-@contextlib.asynccontextmanager
-async def pilots_running(
-    settings: Settings, running: Any, count: int, *, slots: int, log_dir: Path,
-    extra_args: tuple[str, ...] = (),
-) -> AsyncIterator[list[PilotProcess]]:  # fmt: skip
-    procs = [
-        start_pilot(settings, running.pilot_port, f"pilot-{i}", slots=slots, log_dir=log_dir,
-                    extra_args=extra_args)
-        for i in range(count)
-    ]  # fmt: skip
-    try:
-        await wait_for_pilots(running, count)
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.proc.poll() is None:
-                await asyncio.to_thread(proc.terminate, 30)

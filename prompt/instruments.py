@@ -30,7 +30,6 @@ LSSTCAM_SCIENCE_RAFTS: Final = [
 LSSTCAM_SENSORS: Final = ["S00", "S01", "S02", "S10", "S11", "S12", "S20", "S21", "S22"]
 LSSTCAM_CORNER_RAFTS: Final = ("R00", "R04", "R40", "R44")
 LSSTCAM_CORNER_SENSORS: Final = ("SG0", "SG1", "SW0", "SW1")
-LSSTCAM_SCIENCE_DETECTORS: Final = range(189)
 
 OBS_ID_PREFIXES: Final = {"MC": "LSSTCam", "CC": "LSSTComCam", "AT": "LATISS"}
 

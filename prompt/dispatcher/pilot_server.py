@@ -26,7 +26,6 @@ class PilotServer:
         self._heartbeat_s = heartbeat_s
         self._server: asyncio.Server | None = None
         self._connections: set[Channel] = set()
-        self.refused = 0
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         self._server = await asyncio.start_server(self._handle, host, port, ssl=ssl_context)
@@ -44,7 +43,6 @@ class PilotServer:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
     def _refuse(self, channel: Channel, reason: str) -> None:
-        self.refused += 1
         log.warning("pilot refused", peer=channel.peer, reason=reason)
         with contextlib.suppress(ConnectionError):
             channel.send({"t": p.REFUSED, "reason": reason})

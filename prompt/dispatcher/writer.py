@@ -104,8 +104,6 @@ class StateWriter:
         self._committed = asyncio.Event()
         self._generation = 0  # batches taken
         self._done_generation = 0  # batches committed
-        self.commits = 0
-        self.failures = 0
 
     # ---- recording (hot path: no I/O) --------------------------------------------------------
 
@@ -173,7 +171,6 @@ class StateWriter:
                 await self._commit(batch)
                 backoff = 0.05
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-                self.failures += 1
                 log.error("state commit failed; retrying", error=repr(exc), retry_in=backoff)
                 pending = batch
                 await asyncio.sleep(backoff)
@@ -211,7 +208,6 @@ class StateWriter:
                     OFFSET_UPSERT,
                     [(self._consumer, t, p, o) for (t, p), o in batch.offsets.items()],
                 )
-        self.commits += 1
         if self._observe is not None:
             self._observe(time.perf_counter() - t0, len(batch.jobs))
 
