@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,34 @@ def sleep_task_file(
     )
 
 
+def alert_task_file(
+    *,
+    name: str = "lsstcam-alerts",
+    detectors: str = "0-188",
+    deadline_s: float = 60.0,
+    image_timeout_s: float = 60.0,
+    job_timeout_s: float = 120.0,
+    max_attempts: int = 2,
+    threshold: float = 5.0,
+) -> TaskFile:
+    """The reference alert pipeline on LSSTCam science detectors."""
+    return load_task_file(
+        f"""
+- name: {name}
+  instrument: LSSTCam
+  detectors: {{include: "{detectors}"}}
+  payload:
+    kind: python
+    entry: prompt.pipeline.task:run
+    params: {{threshold: {threshold}}}
+  job_timeout_s: {job_timeout_s}
+  deadline_s: {deadline_s}
+  image_timeout_s: {image_timeout_s}
+  max_attempts: {max_attempts}
+"""
+    )
+
+
 async def apply_task_file(settings: Settings, tasks: TaskFile) -> None:
     conn = await connect(resolve_endpoints(settings).database_url)
     try:
@@ -86,6 +115,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         env["PROMPT_PILOT_TOKEN"] = settings.pilot_token.get_secret_value()
     if settings.raw_root is not None:
         env["PROMPT_RAW_ROOT"] = str(settings.raw_root)
+    if settings.calib_root is not None:
+        env["PROMPT_CALIB_ROOT"] = settings.calib_root
     for name, topic in settings.topics.model_dump().items():
         env[f"PROMPT_TOPIC_{name.upper()}"] = topic
     return env
@@ -197,10 +228,7 @@ def start_pilot(
 ) -> PilotProcess:
     """A real ``prompt pilot`` process in its own process group (killable with its workers)."""
     assert settings.pilot_token is not None
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPT_")}
-    env["PROMPT_PILOT_TOKEN"] = settings.pilot_token.get_secret_value()
-    env["PROMPT_LOG_FORMAT"] = "json"
-    env["PROMPT_LOG_LEVEL"] = settings.log_level
+    env = settings_env(settings)  # the broker and alert topic too: pilots publish alerts
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{pilot_id}.log"
     with log.open("ab") as out:
@@ -338,8 +366,15 @@ class EventSender:
 
 
 def image_arrivals(
-    nv: NextVisit, detectors: range | list[int], *, snap: int = 0, event_time: float | None = None
+    nv: NextVisit,
+    detectors: range | list[int],
+    *,
+    snap: int = 0,
+    event_time: float | None = None,
+    uri_for: Callable[[int], str] | None = None,
 ) -> list[ImageArrival]:
+    """One image-arrival per detector; ``uri_for(detector)`` names the raw (default: a
+    made-up key, for payloads that do not read it)."""
     now = time.time() if event_time is None else event_time
     return [
         ImageArrival(
@@ -347,7 +382,9 @@ def image_arrivals(
             group_id=nv.group_id,
             snap=snap,
             detector=d,
-            uri=f"s3://rubin-summit/{nv.instrument}/{d:03d}/{nv.group_id}.fits",
+            uri=uri_for(d)
+            if uri_for
+            else f"s3://rubin-summit/{nv.instrument}/{d:03d}/{nv.group_id}.fits",
             event_time=now,
         )
         for d in detectors

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     """cold is the comparison baseline (no resurrection, no preload, polling pilots)."""
     raw_root: Path | None = None
     """File-based object store root (one directory per bucket) for bucket notifications."""
+    calib_root: str | None = None
+    """Pilots: object store (``file:///path``) holding calibrations and templates; unset
+    means synthetic stand-in calibrations (for the ``sleep`` payload)."""
 
     state_dir: Path = Path(".prompt/stack")
     log_format: Literal["auto", "json", "console"] = "auto"

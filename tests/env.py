@@ -24,7 +24,8 @@ from prompt.cluster import (
     wait_for_pilots,
 )
 from prompt.config import Settings
-from prompt.pilot import Pilot, PilotConfig, SyntheticCalibrations
+from prompt.pilot import CalibrationSource, Pilot, PilotConfig, SyntheticCalibrations
+from prompt.pilot.alerts import AlertPublisher
 from prompt.stack.processes import free_port
 from prompt.tasks import TaskFile
 
@@ -55,7 +56,15 @@ class Env:
     def dispatcher(self) -> Any:
         return self.running.dispatcher
 
-    async def add_pilot(self, pilot_id: str, slots: int = 4, load_s: float = 0.005) -> Pilot:
+    async def add_pilot(
+        self,
+        pilot_id: str,
+        slots: int = 4,
+        load_s: float = 0.005,
+        source: CalibrationSource | None = None,
+        alerts: AlertPublisher | None = None,
+        warm_imports: tuple[str, ...] = (),
+    ) -> Pilot:
         config = PilotConfig(
             dispatcher=f"127.0.0.1:{self.running.pilot_port}",
             token="test-token",
@@ -63,8 +72,9 @@ class Env:
             slots=slots,
             heartbeat_s=0.25,
             reconnect_max_s=0.5,
+            warm_imports=warm_imports,
         )
-        pilot = Pilot(config, SyntheticCalibrations(nbytes=4096, load_s=load_s))
+        pilot = Pilot(config, source or SyntheticCalibrations(nbytes=4096, load_s=load_s), alerts)
         stop = asyncio.Event()
         self.pilots.append(pilot)
         self.pilot_stops.append(stop)
@@ -89,7 +99,7 @@ class Env:
 
 @contextlib.asynccontextmanager
 async def dispatcher_env(
-    settings: Settings, tasks: TaskFile, *, pilots: int = 2, slots: int = 4
+    settings: Settings, tasks: TaskFile, *, pilots: int = 2, slots: int = 4, **pilot_kw: Any
 ) -> AsyncIterator[Env]:
     settings = service_settings(settings)
     await apply_task_file(settings, tasks)
@@ -101,7 +111,7 @@ async def dispatcher_env(
         env = Env(settings, running, sender, completions)
         try:
             for i in range(pilots):
-                await env.add_pilot(f"pilot-{i}", slots=slots)
+                await env.add_pilot(f"pilot-{i}", slots=slots, **pilot_kw)
             yield env
         finally:
             for stop in env.pilot_stops:

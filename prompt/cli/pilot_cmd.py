@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import TYPE_CHECKING
 
 from prompt.cli.common import fail, run_service
 from prompt.config import Settings
+
+if TYPE_CHECKING:
+    from prompt.pilot.alerts import KafkaAlertPublisher
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,6 +20,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--pilot-id", help="stable id (default host-pid)")
     p.add_argument("--label", action="append", default=[], help="capability label (repeatable)")
     p.add_argument("--cache-mb", type=float, default=2048, help="calibration cache size")
+    p.add_argument(
+        "--calib-root", help="calibration store, e.g. file:///data (default PROMPT_CALIB_ROOT; "
+        "unset: synthetic stand-in calibrations)",
+    )  # fmt: skip
     p.add_argument("--calib-kb", type=float, default=64, help="synthetic calibration size")
     p.add_argument("--calib-load-ms", type=float, default=50, help="synthetic calib load time")
     p.add_argument("--heartbeat-s", type=float, default=1.0)
@@ -28,7 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from prompt.pilot import Pilot, PilotConfig, SyntheticCalibrations
+    from prompt.pilot import CalibrationSource, Pilot, PilotConfig, SyntheticCalibrations
 
     if settings.pilot_token is None:
         return fail("PROMPT_PILOT_TOKEN must be set (the dispatcher's shared token)")
@@ -46,11 +54,36 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         poll_s=args.poll_s,
         **extra,
     )
-    source = SyntheticCalibrations(
-        nbytes=int(args.calib_kb * 1024), load_s=args.calib_load_ms / 1000
-    )
+    calib_root = args.calib_root or settings.calib_root
+    source: CalibrationSource
+    if calib_root:
+        from prompt.calib.objectstore import ObjectStoreError, open_store
+        from prompt.calib.source import StoreCalibrations
+
+        try:
+            source = StoreCalibrations(open_store(calib_root))
+        except ObjectStoreError as exc:
+            return fail(str(exc))
+    else:
+        source = SyntheticCalibrations(
+            nbytes=int(args.calib_kb * 1024), load_s=args.calib_load_ms / 1000
+        )
+    alerts = _alert_publisher(settings)
 
     async def main(stop: asyncio.Event) -> None:
-        await Pilot(config, source).run(stop)
+        await Pilot(config, source, alerts).run(stop)
 
     return run_service(main)
+
+
+def _alert_publisher(settings: Settings) -> KafkaAlertPublisher | None:
+    """The alert topic's producer, if this pilot knows a broker (else alert jobs fail)."""
+    from prompt.kafka import aiokafka_options
+    from prompt.pilot.alerts import KafkaAlertPublisher
+    from prompt.stack import StackNotRunningError, resolve_kafka_bootstrap
+
+    try:
+        bootstrap = resolve_kafka_bootstrap(settings)
+    except StackNotRunningError:
+        return None
+    return KafkaAlertPublisher(aiokafka_options(settings, bootstrap), settings.topics.alerts)

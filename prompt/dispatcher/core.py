@@ -253,7 +253,8 @@ class Dispatcher:
                     "filter": nv.filters,
                     "day_obs": visit.day_obs,
                     "group": nv.group_id,
-                    "region": list(nv.position),
+                    "ra": nv.position[0],
+                    "dec": nv.position[1],
                     "valid_until": valid_until,
                 }
             )

@@ -13,7 +13,7 @@ import os
 import socket
 import ssl
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ import structlog
 
 from prompt.channel import protocol as p
 from prompt.channel.protocol import Channel, Message, ProtocolError
+from prompt.pilot.alerts import AlertPublisher
 from prompt.pilot.cache import CacheKey, CalibrationCache
 from prompt.pilot.calibrations import CalibrationSource
 from prompt.pilot.workers import WorkerPool
@@ -29,6 +30,14 @@ from prompt.runtime import freeze_startup_objects
 log = structlog.get_logger(__name__)
 
 JobKey = tuple[int, int]  # (job id, attempt)
+
+
+@dataclass
+class JobLoads:
+    """What the pilot read from the calibration store for one job, and when."""
+
+    loads: Counter[str] = field(default_factory=Counter)
+    preload_s: float | None = None
 
 
 class PilotRefusedError(RuntimeError):
@@ -61,9 +70,15 @@ class PilotConfig:
 
 
 class Pilot:
-    def __init__(self, config: PilotConfig, source: CalibrationSource) -> None:
+    def __init__(
+        self,
+        config: PilotConfig,
+        source: CalibrationSource,
+        alerts: AlertPublisher | None = None,
+    ) -> None:
         self.config = config
         self.source = source
+        self.alerts = alerts
         self.cache = CalibrationCache(config.cache_bytes)
         self.pool = WorkerPool(
             config.slots, self._on_result, warm_imports=config.warm_imports,
@@ -77,6 +92,7 @@ class Pilot:
         self.preloaded: OrderedDict[int, bool] = OrderedDict()  # job -> all calibs were cached
         self._preloading: dict[int, asyncio.Task[None]] = {}
         self._load_locks: dict[CacheKey, asyncio.Lock] = {}
+        self._job_loads: OrderedDict[int, JobLoads] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
         self.draining = False
         self.connected = asyncio.Event()
@@ -87,6 +103,8 @@ class Pilot:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then drain: finish running jobs, deliver results, exit."""
         await self.pool.start()
+        if self.alerts is not None:
+            await self.alerts.start()
         # Default-sized young collections here: with 20k objects per collection, pilots showed
         # 12-33 ms pauses mid-burst (the dispatcher, which allocates differently, shows none).
         freeze_startup_objects(gen0_threshold=700)
@@ -115,6 +133,8 @@ class Pilot:
             for task in list(self._background):
                 task.cancel()
             await self.pool.stop()
+            if self.alerts is not None:
+                await self.alerts.stop()
             self.cache.close()
 
     def _finished_draining(self, stop: asyncio.Event) -> bool:
@@ -233,11 +253,17 @@ class Pilot:
     # ---- calibrations ------------------------------------------------------------------------
 
     def _keys(self, fields: dict[str, Any]) -> list[CacheKey]:
-        return self.source.keys_for(
-            fields["instrument"], int(fields["detector"]), fields["filter"], int(fields["day_obs"])
-        )
+        return self.source.keys_for(fields)
 
-    async def _ensure(self, keys: list[CacheKey]) -> dict[str, dict[str, Any]]:
+    def _loads_for(self, job: int) -> JobLoads:
+        loads = self._job_loads.get(job)
+        if loads is None:
+            loads = self._job_loads[job] = JobLoads()
+            while len(self._job_loads) > 10_000:
+                self._job_loads.popitem(last=False)
+        return loads
+
+    async def _ensure(self, keys: list[CacheKey], job: int) -> dict[str, dict[str, Any]]:
         """Load what is missing (in a thread); one load per key even if asked twice at once."""
         handles: dict[str, dict[str, Any]] = {}
         for key in keys:
@@ -249,6 +275,7 @@ class Pilot:
                     if entry is None:
                         entry = await asyncio.to_thread(self.source.load, key)
                         self.cache.put(entry)
+                        self._loads_for(job).loads[key.calib_type] += 1
                 self._load_locks.pop(key, None)
             handles[key.calib_type] = entry.handle()
         return handles
@@ -259,10 +286,15 @@ class Pilot:
 
         async def one(item: dict[str, Any]) -> dict[str, Any]:
             job = int(item["job"])
-            keys = self._keys(item)
+            try:
+                keys = self._keys(item)
+            except Exception as exc:  # reported again, as the job's error, when it runs
+                log.warning("preload: no calibrations", job=job, error=str(exc))
+                return {"job": job, "hit": False}
             hit = all(k in self.cache for k in keys)
             async with limit:
-                task = self._spawn(self._ensure(keys))
+                started = time.perf_counter()
+                task = self._spawn(self._ensure(keys, job))
                 self._preloading[job] = task
                 try:
                     await task
@@ -271,6 +303,7 @@ class Pilot:
                     hit = False
                 finally:
                     self._preloading.pop(job, None)
+                    self._loads_for(job).preload_s = time.perf_counter() - started
             self.preloaded[job] = hit
             return {"job": job, "hit": hit}
 
@@ -305,7 +338,11 @@ class Pilot:
         while self.queued and self.pool.idle:
             msg = self.queued.popleft()
             job = msg["job"]
-            keys = self._keys(msg["fields"])
+            try:
+                keys = self._keys(msg["fields"])
+            except Exception as exc:
+                self._report(msg, _failure(f"calibrations: {exc}"), False)
+                continue
             pending = self._preloading.get(job)
             if pending is None and all(k in self.cache for k in keys):
                 hit = self.preloaded.pop(job, None)
@@ -323,12 +360,10 @@ class Pilot:
         preload_hit = self.preloaded.pop(msg["job"], None)
         missing = any(k not in self.cache for k in keys)
         try:
-            await self._ensure(keys)
+            await self._ensure(keys, msg["job"])
         except Exception as exc:
             self.running.pop(msg["job"], None)
-            self._report(msg, {"ok": False, "error": f"calibration load failed: {exc!r}",
-                               "started": time.time(), "finished": time.time(),
-                               "counts": {}, "stages": {}, "log": ""}, False)  # fmt: skip
+            self._report(msg, _failure(f"calibration load failed: {exc!r}"), False)
             return
         self.running.pop(msg["job"], None)
         hit = bool(preload_hit) if preload_hit is not None else not missing
@@ -355,6 +390,12 @@ class Pilot:
             )
 
     def _on_result(self, job: int, result: dict[str, Any]) -> None:
+        alerts = result.pop("alerts", None)
+        if alerts and job in self.running:
+            # The worker is free again; the job stays running until its alerts are delivered.
+            self._spawn(self._publish_then_report(job, result, alerts))
+            self._start_queued()
+            return
         msg = self.running.pop(job, None)
         if msg is None:
             return
@@ -362,7 +403,31 @@ class Pilot:
         self._report(msg, result, bool(msg.get("cache_hit")))
         self._start_queued()
 
+    async def _publish_then_report(
+        self, job: int, result: dict[str, Any], alerts: list[bytes]
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            if self.alerts is None:
+                raise RuntimeError("this pilot has no alert publisher (no Kafka configured)")
+            await self.alerts.publish(alerts)
+        except Exception as exc:
+            result = {**result, "ok": False, "error": f"alert delivery failed: {exc!r}"}
+        result["stages"]["publish"] = time.perf_counter() - started
+        result["finished"] = time.time()
+        msg = self.running.pop(job, None)
+        if msg is None:
+            return
+        self.jobs_run += 1
+        self._report(msg, result, bool(msg.get("cache_hit")))
+
     def _report(self, msg: Message, result: dict[str, Any], cache_hit: bool) -> None:
+        io = self._job_loads.pop(msg["job"], None) or JobLoads()
+        template = io.loads.get("template", 0)
+        result["counts"] = {**result.get("counts", {}), "template_loads": template,
+                            "calib_loads": sum(io.loads.values()) - template}  # fmt: skip
+        if io.preload_s is not None:
+            result["stages"] = {**result.get("stages", {}), "preload": io.preload_s}
         finished = {
             "t": p.FINISHED,
             "job": msg["job"],
@@ -380,3 +445,9 @@ class Pilot:
         if self.channel is not None:
             with contextlib.suppress(ConnectionError):
                 self.channel.send(finished)
+
+
+def _failure(error: str) -> dict[str, Any]:
+    now = time.time()
+    return {"ok": False, "error": error, "started": now, "finished": now, "counts": {},
+            "stages": {}, "log": ""}  # fmt: skip

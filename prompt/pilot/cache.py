@@ -19,7 +19,8 @@ class CacheKey(NamedTuple):
     filter: str
     calib_type: str
     validity: str
-    """Validity range label (e.g. ``20250501`` or ``2025-05-01/2025-06-01``)."""
+    """Which version: a validity-range label, or the object key of the calibration or
+    template in the store (which names its validity start or sky region)."""
 
     def label(self) -> str:
         return f"{self.instrument}/{self.detector}/{self.filter}/{self.calib_type}/{self.validity}"

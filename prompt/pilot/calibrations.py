@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing import shared_memory
-from typing import Protocol
+from typing import Any, Protocol
 
 from prompt.pilot.cache import CacheEntry, CacheKey
 
 
 class CalibrationSource(Protocol):
-    def keys_for(self, instrument: str, detector: int, filter: str, day_obs: int) -> list[CacheKey]:
-        """The calibrations (and template) a job for this detector + filter needs."""
+    def keys_for(self, fields: Mapping[str, Any]) -> list[CacheKey]:
+        """The calibrations (and template) a job needs, from its fields (instrument, detector,
+        filter, day_obs, ra, dec): the same for a preload hint and for the job itself."""
 
     def load(self, key: CacheKey) -> CacheEntry:
         """Load one entry (blocking I/O: call it in a thread)."""
@@ -28,8 +30,13 @@ class SyntheticCalibrations:
     load_s: float = 0.05
     types: tuple[str, ...] = ("bias", "dark", "flat")
 
-    def keys_for(self, instrument: str, detector: int, filter: str, day_obs: int) -> list[CacheKey]:
-        validity = str(day_obs // 100)  # monthly calibrations
+    def keys_for(self, fields: Mapping[str, Any]) -> list[CacheKey]:
+        validity = str(int(fields["day_obs"]) // 100)  # monthly calibrations
+        instrument, detector, filter = (
+            fields["instrument"],
+            int(fields["detector"]),
+            fields["filter"],
+        )
         return [
             CacheKey(instrument, detector, filter if t == "flat" else "", t, validity)
             for t in self.types

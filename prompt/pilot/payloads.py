@@ -8,15 +8,16 @@ template element is formatted with the fields, so a field value is always one li
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+import mmap
 import os
 import random
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
 LOG_LIMIT = 64 * 1024
@@ -42,21 +43,31 @@ class JobContext:
     """calib type -> {"shm": name, "nbytes": n, "meta": {...}}; map with :meth:`calib_buffer`."""
     counts: dict[str, int] = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)
-    _maps: list[shared_memory.SharedMemory] = field(default_factory=list)
+    _maps: list[mmap.mmap] = field(default_factory=list)
 
     def calib_buffer(self, calib_type: str) -> memoryview:
+        """The calibration's bytes, mapped read-only from the pilot's shared memory.
+
+        Mapped straight from /dev/shm rather than through ``SharedMemory``: attaching that way
+        registers the segment with the resource tracker the workers share with the pilot, and
+        the pilot's own unlink would then be reported twice.
+        """
         handle = self.calibs[calib_type]
-        shm = shared_memory.SharedMemory(name=handle["shm"], create=False)
-        # The pilot owns the segment; stop this process's tracker from unlinking it at exit.
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-        self._maps.append(shm)
-        buf = shm.buf
-        assert buf is not None
-        return buf[: handle["nbytes"]]
+        if not handle["nbytes"]:
+            return memoryview(b"")
+        fd = os.open(f"/dev/shm/{str(handle['shm']).lstrip('/')}", os.O_RDONLY)
+        try:
+            mapped = mmap.mmap(fd, handle["nbytes"], access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        self._maps.append(mapped)
+        return memoryview(mapped)
 
     def close(self) -> None:
-        for shm in self._maps:
-            shm.close()
+        for mapped in self._maps:
+            # An array the payload still holds keeps its mapping alive until it is freed.
+            with contextlib.suppress(BufferError):
+                mapped.close()
         self._maps.clear()
 
 
@@ -129,7 +140,10 @@ def run_argv(ctx: JobContext, payload: dict[str, Any], timeout_s: float) -> str:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one job; always returns a result dict (errors included), never raises."""
+    """Run one job; always returns a result dict (errors included), never raises.
+
+    ``alerts`` holds the encoded alert packets a python payload returned; the pilot publishes
+    them before it reports the job finished."""
     payload = job["payload"]
     ctx = JobContext(
         job=job["job"],
@@ -141,6 +155,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     log = ""
     error: str | None = None
+    alerts: list[bytes] = []
     try:
         kind = payload["kind"]
         if kind == "sleep":
@@ -151,6 +166,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 ctx.counts.update(out.get("counts", {}))
                 ctx.stages.update(out.get("stages", {}))
                 log = str(out.get("log", ""))[-LOG_LIMIT:]
+                alerts = list(out.get("alerts", []))
         elif kind == "argv":
             log = run_argv(ctx, payload, float(job.get("timeout_s", 600.0)))
         else:
@@ -170,4 +186,5 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "counts": ctx.counts,
         "stages": ctx.stages,
         "log": log,
+        "alerts": alerts if error is None else [],
     }
