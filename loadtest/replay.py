@@ -7,6 +7,7 @@ collects the completion events and hands everything to the report.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 import uuid
@@ -18,12 +19,15 @@ from pydantic import SecretStr
 
 from loadtest.plan import CANCEL, IMAGE, NEXT_VISIT, Faults, Plan, Timing, build_plan
 from loadtest.schedule import Night, PlannedVisit
+from loadtest.science import read_all
+from prompt.calib.regions import region_of
 from prompt.cluster import (
     TAI_MINUS_UTC,
     CompletionCollector,
     EventSender,
     PilotProcess,
     ServiceProcess,
+    alert_task_file,
     apply_task_file,
     sleep_task_file,
     start_dispatcher,
@@ -33,6 +37,7 @@ from prompt.config import Settings, Topics
 from prompt.events import ImageArrival, NextVisit
 from prompt.instruments import raw_key
 from prompt.kafka import ensure_topics
+from prompt.sim import SimConfig, SimVisit, generate, read_truth
 from prompt.stack import Stack
 from prompt.stack.scratch import scratch_database
 from prompt.stats import percentile
@@ -48,8 +53,10 @@ class ReplayConfig:
     pilots: int = 2
     slots: int = 96
     payload: str = "sleep"
+    """``sleep`` (a stand-in of run_mean_s) or ``alert`` (the reference pipeline on generated
+    data: calibrations, templates, raws with injected transients)."""
     run_mean_s: float = 10.0
-    """Payload run time, night seconds (lognormal with run_sigma)."""
+    """sleep payload run time, night seconds (lognormal with run_sigma)."""
     run_sigma: float = 0.3
     calib_load_s: float = 0.5
     """Night seconds to load one calibration from the store (3 per job)."""
@@ -60,6 +67,9 @@ class ReplayConfig:
     """Wall seconds (not scaled): pilots silent this long are lost."""
     seed: int = 0
     log_dir: Path = Path(".prompt/replay/logs")
+    data_root: Path = Path(".prompt/replay/data")
+    """alert payload: where the synthetic observatory writes (calibrations are reused)."""
+    sim: SimConfig = field(default_factory=SimConfig)
     quiet: bool = False
 
 
@@ -74,16 +84,26 @@ class ReplayResult:
     finished_wall: float
     pilot_slots: dict[str, int]
     kills: list[tuple[float, str]]
+    alerts: list[bytes] = field(default_factory=list)
+    """alert payload: every message value on the alert topic."""
+    truth: list[dict[str, Any]] = field(default_factory=list)
+    """alert payload: the injected sources."""
 
 
 def replay_task(config: ReplayConfig, name: str) -> TaskFile:
-    """The replay's task: the sleep payload with every night duration divided by speed."""
+    """The replay's task, with every night duration divided by speed."""
     s = config.timing.speed
+    detectors = ",".join(str(d) for d in config.detectors)
+    if config.payload == "alert":
+        return alert_task_file(
+            name=name, detectors=detectors, deadline_s=config.deadline_s / s,
+            image_timeout_s=60.0 / s, job_timeout_s=120.0, max_attempts=2,
+        )  # fmt: skip
     if config.payload != "sleep":
-        raise ValueError(f"payload {config.payload!r} is not available (sleep)")
+        raise ValueError(f"payload {config.payload!r} is not available (sleep, alert)")
     return sleep_task_file(
         name=name,
-        detectors=",".join(str(d) for d in config.detectors),
+        detectors=detectors,
         distribution="lognormal",
         mean_s=config.run_mean_s / s,
         sigma=config.run_sigma,
@@ -153,8 +173,53 @@ class Progress:
         )
 
 
+def for_alerts(night: Night) -> Night:
+    """The night as the synthetic observatory observes it: each visit pointed at the centre of
+    its template region, one snap (the simulator makes one raw per visit and detector)."""
+    visits = []
+    for v in night.visits:
+        region = region_of(v.ra, v.dec)
+        visits.append(dataclasses.replace(v, ra=region.ra, dec=region.dec, n_snaps=1))
+    return Night(night.source, night.start_utc, visits)
+
+
+def sim_visits(night: Night, run_id: str) -> list[SimVisit]:
+    return [
+        SimVisit(
+            day_obs=v.day_obs,
+            seq_num=v.seq_num,
+            group_id=group_id_for(night, v, run_id),
+            physical_filter=v.physical_filter,
+            ra=v.ra,
+            dec=v.dec,
+            exp_time=v.exp_time,
+            mjd=(night.start_utc.timestamp() + v.start + TAI_MINUS_UTC) / 86400 + 40587.0,
+        )
+        for v in night.visits
+    ]
+
+
+async def prepare_data(night: Night, config: ReplayConfig, run_id: str) -> list[dict[str, Any]]:
+    """Generate what the alert payload reads; returns the truth table."""
+    visits = sim_visits(night, run_id)
+    root = config.data_root.resolve()
+    t0 = time.monotonic()
+    if not config.quiet:
+        print(f"generating data in {root} ({len(visits)} visits x {len(config.detectors)} "
+              "detectors) ...", flush=True)  # fmt: skip
+    await asyncio.to_thread(generate, root, visits, config.detectors, config.sim)
+    if not config.quiet:
+        print(f"  data ready in {time.monotonic() - t0:.1f} s", flush=True)
+    detectors = set(config.detectors)
+    return [row for v in visits for row in read_truth(root, v) if row["detector"] in detectors]
+
+
 async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> ReplayResult:
     run_id = uuid.uuid4().hex[:8]
+    truth: list[dict[str, Any]] = []
+    if config.payload == "alert":
+        night = for_alerts(night)
+        truth = await prepare_data(night, config, run_id)
     topics = Topics().suffixed(run_id)
     settings = settings.with_overrides(
         topics=topics,
@@ -162,6 +227,7 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
         pilot_token=SecretStr(uuid.uuid4().hex),
         heartbeat_timeout_s=config.heartbeat_timeout_s,
         dispatch_mode=config.mode,
+        affinity_wait_s=settings.affinity_wait_s / config.timing.speed,
     )
     stack = Stack(settings)
     was_running = bool(stack.status()["running"])
@@ -174,7 +240,11 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
             )
             await ensure_topics(run_settings, endpoints.kafka_bootstrap)
             await apply_task_file(run_settings, replay_task(config, f"replay-{run_id}"))
-            return await _drive(run_settings, night, config, run_id)
+            result = await _drive(run_settings, night, config, run_id)
+            if config.payload == "alert":
+                result.alerts = await read_all(run_settings, run_settings.topics.alerts)
+                result.truth = truth
+            return result
     finally:
         if not was_running and not external:
             stack.down()
@@ -185,6 +255,9 @@ def _pilot_args(config: ReplayConfig) -> tuple[str, ...]:
     args = ["--calib-load-ms", f"{1000 * config.calib_load_s / s:.3f}", "--heartbeat-s", "0.25"]
     if config.mode == "cold":
         args += ["--poll-s", f"{config.poll_s / s:.4f}"]
+    if config.payload == "alert":
+        args += ["--calib-root", f"file://{config.data_root.resolve()}",
+                 "--warm-import", "prompt.pipeline.task"]  # fmt: skip
     return tuple(args)
 
 
@@ -211,6 +284,11 @@ async def _drive(
             spawn(f"replay-{run_id}-{i}")
         await service.wait_pilots(config.pilots)
         groups = {v.index: group_id_for(night, v, run_id) for v in night.visits}
+        bucket = (
+            f"file://{config.data_root.resolve()}"
+            if config.payload == "alert"
+            else "s3://rubin-summit"
+        )
         progress = Progress(plan, config.quiet, s)
         async with CompletionCollector(settings) as collector, EventSender(settings) as sender:
             t0 = time.monotonic()
@@ -249,7 +327,7 @@ async def _drive(
                     key = raw_key("LSSTCam", v.day_obs, v.seq_num, event.detector)
                     arrival = ImageArrival(
                         instrument="LSSTCam", group_id=groups[v.index], snap=event.snap,
-                        detector=event.detector, uri=f"s3://rubin-summit/{key}",
+                        detector=event.detector, uri=f"{bucket}/{key}",
                         obs_id=key.split("/")[2], day_obs=v.day_obs, event_time=time.time(),
                     )  # fmt: skip
                     await sender.image(arrival)

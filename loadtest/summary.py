@@ -6,7 +6,8 @@ from collections import Counter
 from typing import Any
 
 from loadtest.replay import ReplayResult
-from prompt.stats import summarize
+from loadtest.science import evaluate
+from prompt.stats import percentile, summarize
 
 BUDGET_S = 60.0
 STATUSES = ("finished", "failed", "late", "expired", "canceled")
@@ -93,6 +94,48 @@ def summarize_replay(result: ReplayResult) -> dict[str, Any]:
         "wall_s": round(result.finished_wall - result.started_wall, 1),
         "units": "latency_s: night seconds (wall x speed); overhead_ms, dispatch_ms, "
         "stage_ms_mean: real wall milliseconds",
+        **(_science(result) if result.config.payload == "alert" else {}),
+    }
+
+
+PIPELINE_STAGES = ("read", "isr", "subtract", "detect", "alerts", "publish")
+
+
+def _science(result: ReplayResult) -> dict[str, Any]:
+    """Alert payload: recall and spurious rate against the truth, alert validity, the
+    pipeline's time per stage (ms per detector), and what each visit read from the store."""
+    done = [r for r in result.records if r["status"] in ("finished", "late")]
+    science = evaluate(result.alerts, result.truth, detector_visits=len(done))
+    per_stage: dict[str, list[float]] = {}
+    for r in done:
+        for name, seconds in (r.get("stageSeconds") or {}).items():
+            per_stage.setdefault(name, []).append(seconds * 1e3)
+    order = [s for s in (*PIPELINE_STAGES, "preload") if s in per_stage]
+    stage_table = {
+        name: {"mean": round(sum(v) / len(v), 2), "p50": round(percentile(sorted(v), 50), 2),
+               "p95": round(percentile(sorted(v), 95), 2)}
+        for name in order
+        for v in [per_stage[name]]
+    }  # fmt: skip
+    loads: dict[str, dict[str, Any]] = {}
+    index_of = {g: i for i, g in result.group_of.items()}
+    visits = {v.index: v for v in result.night.visits}
+    for r in result.records:
+        vi = index_of.get(r["groupId"])
+        if vi is None:
+            continue
+        row = loads.setdefault(
+            str(vi), {"filter": visits[vi].physical_filter, "calib_loads": 0, "template_loads": 0}
+        )
+        counts = r.get("counts") or {}
+        row["calib_loads"] += counts.get("calib_loads", 0)
+        row["template_loads"] += counts.get("template_loads", 0)
+    return {
+        "recall": science["recall"],
+        "spurious_per_detector_visit": science["spurious_per_detector_visit"],
+        "science": science,
+        "pipeline_stage_ms": stage_table,
+        "store_loads_by_visit": loads,
     }
 
 
@@ -109,4 +152,26 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"max {lat['max']}",
         f"service overhead (wall ms)    p50 {ovh['p50']}  p95 {ovh['p95']}  p99 {ovh['p99']}  "
         f"max {ovh['max']}",
+        *_science_lines(summary),
+    ]
+
+
+def _science_lines(summary: dict[str, Any]) -> list[str]:
+    if "science" not in summary:
+        return []
+    sc = summary["science"]
+    stages = "  ".join(f"{k} {v['mean']}" for k, v in summary["pipeline_stage_ms"].items())
+    loads = "  ".join(
+        f"v{k}({v['filter']}) {v['calib_loads']}/{v['template_loads']}"
+        for k, v in summary["store_loads_by_visit"].items()
+    )
+    return [
+        f"alerts {sc['alerts']} (valid {sc['alerts_valid']}, {sc['schema']})  "
+        f"dia sources per detector-visit {sc['alerts'] / max(1, sc['detector_visits']):.2f}",
+        f"recall (S/N >= 10) {sc['recall']} ({sc['recovered_snr_ge_10']}/"
+        f"{sc['injected_snr_ge_10']})  by S/N {sc['recall_by_snr']}",
+        f"spurious per detector-visit {sc['spurious_per_detector_visit']} ({sc['spurious']} "
+        f"in {sc['detector_visits']})",
+        f"pipeline ms per detector (mean)  {stages}",
+        f"store loads per visit (calibrations/templates)  {loads}",
     ]

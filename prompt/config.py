@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(default=5.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     start_from: Literal["latest", "earliest"] = "latest"
+    affinity_wait_s: float = Field(default=10.0, ge=0)
+    """How long a ready job waits for the busy pilot holding its calibrations before another
+    pilot takes it (and loads them again)."""
     dispatch_mode: Literal["warm", "cold"] = "warm"
     """cold is the comparison baseline (no resurrection, no preload, polling pilots)."""
     raw_root: Path | None = None

@@ -68,11 +68,15 @@ class StoreCalibrations:
                     f"no {calib_type} for {instrument} detector {detector}"
                     f"{' band ' + want if want else ''} valid on {day_obs}"
                 )
-            keys.append(CacheKey(instrument, detector, want, calib_type, entry.key))
+            # The cache key names the visit's filter as the dispatcher knows it (physical), so
+            # the pilot's cache summary matches its cache-affinity lookups.
+            keys.append(
+                CacheKey(instrument, detector, physical if want else "", calib_type, entry.key)
+            )
         region = region_of(float(fields["ra"]), float(fields["dec"]))
         keys.append(
             CacheKey(
-                instrument, detector, band, TEMPLATE,
+                instrument, detector, physical, TEMPLATE,
                 template_key(instrument, band, region.name, detector),
             )
         )  # fmt: skip

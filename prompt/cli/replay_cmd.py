@@ -24,10 +24,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src.add_argument("--start", help="first visit: index, or ISO UTC time")
     run = p.add_argument_group("run")
     run.add_argument("--speed", type=float, default=10.0, help="1 (real time) ... 50")
-    run.add_argument("--payload", default="sleep", choices=["sleep"])
-    run.add_argument("--run-s", type=float, default=10.0, help="payload mean run time (night s)")
+    run.add_argument(
+        "--payload", default="sleep", choices=["sleep", "alert"],
+        help="sleep: a stand-in of --run-s; alert: the reference alert pipeline on generated data",
+    )  # fmt: skip
+    run.add_argument("--run-s", type=float, default=10.0, help="sleep payload run time (night s)")
     run.add_argument("--pilots", type=int, default=2)
-    run.add_argument("--slots", type=int, default=96, help="warm workers per pilot")
+    run.add_argument(
+        "--slots", type=int, help="warm workers per pilot (default 96 for sleep, 4 for alert: "
+        "its jobs are CPU-bound)",
+    )  # fmt: skip
+    run.add_argument("--data-root", type=Path, default=Path(".prompt/replay/data"),
+                     help="alert payload: where the synthetic observatory writes")  # fmt: skip
     run.add_argument("--detectors", default="0-188")
     run.add_argument(
         "--mode",
@@ -45,6 +53,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write the summary here")
     out.add_argument("--out", type=Path, help="report directory (default .prompt/replay/<time>)")
+    out.add_argument(
+        "--alerts-out", type=Path, help="alert payload: every alert message value, each as a "
+        "4-byte big-endian length then the Confluent-framed bytes",
+    )  # fmt: skip
     out.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=run_cmd)
 
@@ -59,6 +71,9 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
     if not 1 <= args.speed <= 50:
         return fail("--speed must be between 1 and 50")
+    if args.alerts_out and args.payload != "alert":
+        return fail("--alerts-out needs --payload alert")
+    slots = args.slots or (4 if args.payload == "alert" else 96)
     try:
         night = (
             load_night(args.night, parse_columns(args.columns))
@@ -79,9 +94,9 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
                 late_images=args.late_images, canceled_visits=args.canceled_visits,
                 kill_pilots=args.kill_pilots,
             ),
-            detectors=detectors, mode=mode, pilots=args.pilots, slots=args.slots,
+            detectors=detectors, mode=mode, pilots=args.pilots, slots=slots,
             payload=args.payload, run_mean_s=args.run_s, poll_s=args.poll_s, seed=args.seed,
-            log_dir=out_dir / "logs", quiet=args.quiet,
+            log_dir=out_dir / "logs", data_root=args.data_root, quiet=args.quiet,
         )  # fmt: skip
         print(f"replaying {len(night.visits)} visits x {len(detectors)} detectors "
               f"({mode}, {args.speed}x) ...", flush=True)  # fmt: skip
@@ -90,6 +105,12 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
         report = write_report(result, summary, out_dir / mode if len(modes) > 1 else out_dir)
         summaries[mode] = summary
         print("\n".join(summary_lines(summary)))
+        if args.alerts_out:
+            from loadtest.science import write_length_prefixed
+
+            path = args.alerts_out if len(modes) == 1 else args.alerts_out.with_suffix(f".{mode}")
+            count = write_length_prefixed(path, result.alerts)
+            print(f"alerts: {count} written to {path}")
         print(f"report: file://{report.resolve()}\n", flush=True)
     if len(modes) > 1:
         _side_by_side(summaries)

@@ -22,5 +22,8 @@ class DispatcherConfig:
     mode: str = "warm"
     """warm: resurrection + preload + push. cold (baseline for comparison): the task is looked
     up and its jobs created when the first image arrives, no preload, pilots poll for work."""
+    affinity_wait_s: float = 10.0
+    """A ready job whose pilot (the one that preloaded it) is busy waits this long for it
+    before it goes to a free pilot without its calibrations, which would load them again."""
     start_from: str = "latest"
     """Where to start on partitions with no stored offset: latest or earliest."""

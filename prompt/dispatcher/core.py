@@ -378,7 +378,11 @@ class Dispatcher:
             assert job.deadline is not None
             heapq.heappush(self._ready, (job.deadline, next(self._seq), job))
             return
-        pilot = self.pilots.choose_for_run(job, self._task_labels(job.visit.task))
+        pilot = self.pilots.choose_for_run(
+            job,
+            self._task_labels(job.visit.task),
+            may_leave_cache=not self.pilots.holder_waiting(job),
+        )
         if pilot is None:
             assert job.deadline is not None
             heapq.heappush(self._ready, (job.deadline, next(self._seq), job))
@@ -443,19 +447,29 @@ class Dispatcher:
             self._pilot_disconnected(pilot)
 
     def fill(self, pilot: PilotSession) -> None:
-        """Give a pilot with free slots the ready jobs with the earliest deadlines."""
+        """Give a pilot with free slots the ready jobs with the earliest deadlines. A job whose
+        calibrations another pilot holds waits for that pilot up to affinity_wait_s."""
         skipped: list[tuple[float, int, Job]] = []
+        now = time.time()
         while pilot.free > 0 and self._ready and pilot.accepts(pilot.labels):
             entry = heapq.heappop(self._ready)
             job = entry[2]
             if job.state is not JobState.READY:
                 continue
-            if not pilot.accepts(self._task_labels(job.visit.task)):
+            if not pilot.accepts(self._task_labels(job.visit.task)) or self._wait_for_holder(
+                job, pilot, now
+            ):
                 skipped.append(entry)
                 continue
             self._push(job, pilot)
         for entry in skipped:
             heapq.heappush(self._ready, entry)
+
+    def _wait_for_holder(self, job: Job, pilot: PilotSession, now: float) -> bool:
+        if job.pilot_id == pilot.id or job.cache_key in pilot.cache:
+            return False
+        waited = now - (job.image_consumed or now)
+        return waited < self.config.affinity_wait_s and self.pilots.holder_waiting(job)
 
     # ---- pilot messages ---------------------------------------------------------------------
 

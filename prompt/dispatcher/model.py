@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,12 @@ class Job:
     def terminal(self) -> bool:
         return self.state in TERMINAL
 
+    @property
+    def cache_key(self) -> tuple[str, int, str]:
+        """(instrument, detector, filter): what a pilot's cache summary lists."""
+        nv = self.visit.nv
+        return (nv.instrument, self.detector, nv.filters)
+
     def snaps_complete(self) -> bool:
         return self.snaps_mask.bit_count() >= self.visit.snaps_expected
 
@@ -95,10 +102,17 @@ class Visit:
         self.day_obs = _day_obs(self.nv.group_id, self.received_at)
 
 
+_ISO_PREFIX = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?")
+
+
 def _day_obs(group_id: str, fallback: float) -> int:
-    """Rubin observing day: the UTC date twelve hours earlier (from the ISO group id)."""
+    """Rubin observing day: the UTC date twelve hours earlier, from the ISO time the group id
+    starts with (a suffix, as in ``2025-05-01T23:33:14.762-2``, is allowed), else ``fallback``."""
+    match = _ISO_PREFIX.match(group_id)
     try:
-        t = dt.datetime.fromisoformat(group_id)
+        t = dt.datetime.fromisoformat(match.group(0)) if match else None
     except ValueError:
+        t = None
+    if t is None:
         t = dt.datetime.fromtimestamp(fallback, dt.UTC).replace(tzinfo=None)
     return int((t - dt.timedelta(hours=12)).strftime("%Y%m%d"))

@@ -73,9 +73,12 @@ class PilotRegistry:
                 best, best_rank = pilot, rank
         return best
 
-    def choose_for_run(self, job: Job, labels: frozenset[str]) -> PilotSession | None:
-        """The assigned pilot if it has a free slot; else the free pilot with the most free
-        slots, preferring one not yet tried for this job."""
+    def choose_for_run(
+        self, job: Job, labels: frozenset[str], *, may_leave_cache: bool = True
+    ) -> PilotSession | None:
+        """The assigned pilot if it has a free slot; else a free pilot that holds the job's
+        calibrations; else (if ``may_leave_cache``) the free pilot with the most free slots.
+        Pilots not yet tried for this job come first."""
         if job.pilot_id is not None:
             assigned = self.pilots.get(job.pilot_id)
             if (
@@ -85,12 +88,21 @@ class PilotRegistry:
                 and assigned.id not in job.tried
             ):
                 return assigned
+        key = job.cache_key
         best: PilotSession | None = None
-        best_rank: tuple[int, int] | None = None
+        best_rank: tuple[int, int, int] | None = None
         for pilot in self.pilots.values():
             if pilot.free <= 0 or not pilot.accepts(labels):
                 continue
-            rank = (1 if pilot.id in job.tried else 0, -pilot.free)
+            cold = 0 if key in pilot.cache else 1
+            if cold and not may_leave_cache:
+                continue
+            rank = (1 if pilot.id in job.tried else 0, cold, -pilot.free)
             if best_rank is None or rank < best_rank:
                 best, best_rank = pilot, rank
         return best
+
+    def holder_waiting(self, job: Job) -> bool:
+        """The pilot that preloaded the job is connected and will have a slot for it."""
+        holder = self.pilots.get(job.pilot_id) if job.pilot_id else None
+        return holder is not None and holder.connected and holder.id not in job.tried

@@ -64,6 +64,7 @@ def dispatcher_config(settings: Settings) -> DispatcherConfig:
         drain_timeout_s=settings.drain_timeout_s,
         start_from=settings.start_from,
         mode=settings.dispatch_mode,
+        affinity_wait_s=settings.affinity_wait_s,
     )
 
 

@@ -94,6 +94,8 @@ class Pilot:
         self._load_locks: dict[CacheKey, asyncio.Lock] = {}
         self._job_loads: OrderedDict[int, JobLoads] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
+        self._reserved = 0
+        """Slots held by jobs whose calibrations are still loading."""
         self.draining = False
         self.connected = asyncio.Event()
         self.jobs_run = 0
@@ -208,7 +210,7 @@ class Pilot:
                 {
                     "t": p.HEARTBEAT,
                     "running": [[m["job"], m["attempt"]] for m in self.running.values()],
-                    "free": self.pool.idle,
+                    "free": self.free_slots,
                     "draining": self.draining,
                     "cache": self.cache.summary(),
                     "cache_stats": vars(self.cache.stats),
@@ -223,7 +225,7 @@ class Pilot:
     async def _poll_loop(self, channel: Channel, every_s: float) -> None:
         while True:
             await asyncio.sleep(every_s)
-            free = self.pool.idle - len(self.queued)
+            free = self.free_slots - len(self.queued)
             if free > 0 and not self.draining:
                 channel.send({"t": p.POLL, "free": free})
 
@@ -315,6 +317,10 @@ class Pilot:
 
     # ---- jobs --------------------------------------------------------------------------------
 
+    @property
+    def free_slots(self) -> int:
+        return self.pool.idle - self._reserved
+
     def _remember_done(self, key: JobKey) -> None:
         self.done[key] = None
         while len(self.done) > 10_000:
@@ -335,7 +341,7 @@ class Pilot:
         self._start_queued()
 
     def _start_queued(self) -> None:
-        while self.queued and self.pool.idle:
+        while self.queued and self.free_slots > 0:
             msg = self.queued.popleft()
             job = msg["job"]
             try:
@@ -348,7 +354,8 @@ class Pilot:
                 hit = self.preloaded.pop(job, None)
                 self._submit(msg, keys, True if hit is None else hit)
             else:
-                self.running[job] = msg  # holds the slot while calibrations load
+                self.running[job] = msg  # holds a slot while calibrations load
+                self._reserved += 1
                 self._spawn(self._load_then_submit(msg, keys, pending))
 
     async def _load_then_submit(
@@ -363,9 +370,12 @@ class Pilot:
             await self._ensure(keys, msg["job"])
         except Exception as exc:
             self.running.pop(msg["job"], None)
+            self._reserved -= 1
             self._report(msg, _failure(f"calibration load failed: {exc!r}"), False)
+            self._start_queued()
             return
         self.running.pop(msg["job"], None)
+        self._reserved -= 1
         hit = bool(preload_hit) if preload_hit is not None else not missing
         self._submit(msg, keys, hit)
 

@@ -20,6 +20,8 @@ BASIS = ((0.7, 4), (1.5, 3), (3.0, 2))
 """(Gaussian sigma in pixels, polynomial degree), the classic A&L choice scaled to our PSFs."""
 STAMP_RADIUS = 10
 MAX_STAMPS = 25
+_BOX = 2 * (STAMP_RADIUS + KERNEL_RADIUS) + 2
+"""Side of the box a stamp is convolved in: the stamp plus the kernel radius on each side."""
 
 
 class PsfMatchError(RuntimeError):
@@ -95,7 +97,7 @@ def match_template(
     # on each side), not the whole image: the fit needs the stamp pixels only.
     r, k = STAMP_RADIUS, KERNEL_RADIUS
     h = r + k
-    box = 2 * h + 2
+    box = _BOX
     boxes = np.stack([template[y - h : y - h + box, x - h : x - h + box] for y, x in centres])
     bfft = _basis_fft((box, box))
     conv = np.fft.irfft2(np.fft.rfft2(boxes)[:, None] * bfft[None], s=(box, box))
@@ -130,3 +132,7 @@ def match_template(
 def convolve_variance(variance: float, kernel: np.ndarray) -> float:
     """Per-pixel variance of white noise after convolution with ``kernel``."""
     return float(variance * (kernel * kernel).sum())
+
+
+def warm_psfmatch() -> None:
+    _basis_fft((_BOX, _BOX))

@@ -28,7 +28,7 @@ from prompt.pipeline.alerts import (
     exposure_id,
 )
 from prompt.pipeline.process import Calibs, process
-from prompt.pipeline.psfmatch import PsfMatchError
+from prompt.pipeline.psfmatch import PsfMatchError, warm_psfmatch
 from prompt.sim.camera import pixel_to_sky
 
 REQUIRED = ("bias", "dark", "flat", "template")
@@ -123,5 +123,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
 
 def warm() -> None:
-    """Load what the first job would otherwise pay for: the alert schema."""
+    """Pay at worker start what the first job would otherwise pay: the alert schema, the PSF
+    matching basis and its transforms, astropy's lazily imported FITS machinery."""
     alert_schema()
+    warm_psfmatch()
+    read_image(cutout(np.zeros((64, 64), np.float32), 32.0, 32.0, {}, "electron"))
