@@ -8,15 +8,19 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 
 from loadtest.plan import Faults, Timing
 from loadtest.replay import ReplayConfig, run_replay
 from loadtest.report import PLOTS, write_report
 from loadtest.schedule import synthetic_night
+from loadtest.science import read_length_prefixed
 from loadtest.summary import summarize_replay
 from prompt.config import Settings
+from prompt.pipeline.alerts import decode, validate
 from prompt.stack import Endpoints
+from tests.helpers import run_prompt
 
 pytestmark = pytest.mark.stack
 
@@ -83,3 +87,31 @@ def check_in_chromium(report: Path, tmp_path: Path) -> None:
         capture_output=True, timeout=60, check=True,
     )  # fmt: skip
     assert shot.stat().st_size > 50_000
+
+
+def test_alert_replay_from_the_command_line(prompt_stack: Endpoints, tmp_path: Path) -> None:
+    """``prompt replay --payload alert``: data generated, alerts judged, --alerts-out written."""
+    out = tmp_path / "alerts.bin"
+    summary_path = tmp_path / "summary.json"
+    proc = run_prompt(
+        "--state-dir", str(tmp_path / "state"), "replay", "--payload", "alert",
+        "--visits", "2", "--detectors", "90-97", "--speed", "10", "--quiet",
+        "--data-root", str(tmp_path / "data"), "--alerts-out", str(out),
+        "--json", str(summary_path), "--out", str(tmp_path / "report"),
+        env={"PROMPT_DATABASE_URL": prompt_stack.database_url,
+             "PROMPT_KAFKA_BOOTSTRAP": prompt_stack.kafka_bootstrap},
+        timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    summary = orjson.loads(summary_path.read_bytes())
+    assert summary["finished"] == 16 and summary["lost"] == 0
+    science = summary["science"]
+    assert science["alerts"] > 0 and science["alerts_invalid"] == 0
+    assert summary["recall"] >= 0.9 and summary["spurious_per_detector_visit"] <= 2
+    values = read_length_prefixed(out)
+    assert len(values) == science["alerts"]
+    assert all(validate(decode(v)) for v in values)
+    # Both visits are in r: the second reads no calibration from the store.
+    loads = list(summary["store_loads_by_visit"].values())
+    assert [v["calib_loads"] for v in loads] == [8 * 3, 0]
+    assert "recall (S/N >= 10)" in proc.stdout.decode()
