@@ -142,9 +142,14 @@ class ChildProcess:
             self.proc.terminate()
         return self.proc.wait(timeout)
 
-    def stop_if_running(self) -> None:
+    def stop_if_running(self, timeout: float = 60) -> None:
+        """SIGTERM; if it has not exited within ``timeout``, SIGKILL the whole group (a stuck
+        child must not abort the caller's clean-up and outlive it)."""
         if self.proc.poll() is None:
-            self.terminate()
+            try:
+                self.terminate(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
 
 @dataclass
