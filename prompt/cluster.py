@@ -24,9 +24,28 @@ from prompt.events import AvroCodec, EventKind, ImageArrival, LocalSchemaRegistr
 from prompt.kafka import aiokafka_options, consumer_options
 from prompt.stack import resolve_endpoints
 from prompt.store import connect
-from prompt.tasks import TaskFile, apply_tasks, load_task_file
+from prompt.tasks import TaskFile, apply_tasks
 
 TAI_MINUS_UTC = 37.0
+
+
+def lsstcam_task_file(
+    *,
+    name: str,
+    detectors: str,
+    payload: dict[str, Any],
+    deadline_s: float = 60.0,
+    image_timeout_s: float = 60.0,
+    job_timeout_s: float = 120.0,
+    max_attempts: int = 2,
+) -> TaskFile:
+    """One task on LSSTCam science detectors (``detectors``: e.g. ``0-188`` or ``3,94``)."""
+    spec = {
+        "name": name, "instrument": "LSSTCam", "detectors": {"include": detectors},
+        "payload": payload, "job_timeout_s": job_timeout_s, "deadline_s": deadline_s,
+        "image_timeout_s": image_timeout_s, "max_attempts": max_attempts,
+    }  # fmt: skip
+    return TaskFile.model_validate({"tasks": [spec]})
 
 
 def sleep_task_file(
@@ -44,21 +63,13 @@ def sleep_task_file(
     name: str = "lsstcam-sleep",
 ) -> TaskFile:
     """The built-in load-test task: every LSSTCam science detector, ``sleep`` payload."""
-    return load_task_file(
-        f"""
-- name: {name}
-  instrument: LSSTCam
-  detectors: {{include: "{detectors}"}}
-  payload:
-    kind: sleep
-    params: {{distribution: {distribution}, mean_s: {mean_s}, sigma: {sigma},
-              fail_rate: {fail_rate}, max_s: {max_s}}}
-  job_timeout_s: {job_timeout_s}
-  deadline_s: {deadline_s}
-  image_timeout_s: {image_timeout_s}
-  max_attempts: {max_attempts}
-"""
-    )
+    params = {"distribution": distribution, "mean_s": mean_s, "sigma": sigma,
+              "fail_rate": fail_rate, "max_s": max_s}  # fmt: skip
+    return lsstcam_task_file(
+        name=name, detectors=detectors, payload={"kind": "sleep", "params": params},
+        deadline_s=deadline_s, image_timeout_s=image_timeout_s, job_timeout_s=job_timeout_s,
+        max_attempts=max_attempts,
+    )  # fmt: skip
 
 
 def alert_task_file(
@@ -72,21 +83,12 @@ def alert_task_file(
     threshold: float = 5.0,
 ) -> TaskFile:
     """The reference alert pipeline on LSSTCam science detectors."""
-    return load_task_file(
-        f"""
-- name: {name}
-  instrument: LSSTCam
-  detectors: {{include: "{detectors}"}}
-  payload:
-    kind: python
-    entry: prompt.pipeline.task:run
-    params: {{threshold: {threshold}}}
-  job_timeout_s: {job_timeout_s}
-  deadline_s: {deadline_s}
-  image_timeout_s: {image_timeout_s}
-  max_attempts: {max_attempts}
-"""
-    )
+    payload = {"kind": "python", "entry": "prompt.pipeline.task:run",
+               "params": {"threshold": threshold}}  # fmt: skip
+    return lsstcam_task_file(
+        name=name, detectors=detectors, payload=payload, deadline_s=deadline_s,
+        image_timeout_s=image_timeout_s, job_timeout_s=job_timeout_s, max_attempts=max_attempts,
+    )  # fmt: skip
 
 
 async def apply_task_file(settings: Settings, tasks: TaskFile) -> None:
