@@ -404,14 +404,15 @@ class Pilot:
         if alerts and job in self.running:
             # The worker is free again; the job stays running until its alerts are delivered.
             self._spawn(self._publish_then_report(job, result, alerts))
-            self._start_queued()
-            return
-        msg = self.running.pop(job, None)
-        if msg is None:
-            return
-        self.jobs_run += 1
-        self._report(msg, result, bool(msg.get("cache_hit")))
+        else:
+            self._complete(job, result)
         self._start_queued()
+
+    def _complete(self, job: int, result: dict[str, Any]) -> None:
+        msg = self.running.pop(job, None)
+        if msg is not None:
+            self.jobs_run += 1
+            self._report(msg, result, bool(msg.get("cache_hit")))
 
     async def _publish_then_report(
         self, job: int, result: dict[str, Any], alerts: list[bytes]
@@ -425,11 +426,7 @@ class Pilot:
             result = {**result, "ok": False, "error": f"alert delivery failed: {exc!r}"}
         result["stages"]["publish"] = time.perf_counter() - started
         result["finished"] = time.time()
-        msg = self.running.pop(job, None)
-        if msg is None:
-            return
-        self.jobs_run += 1
-        self._report(msg, result, bool(msg.get("cache_hit")))
+        self._complete(job, result)
 
     def _report(self, msg: Message, result: dict[str, Any], cache_hit: bool) -> None:
         io = self._job_loads.pop(msg["job"], None) or JobLoads()
