@@ -381,7 +381,7 @@ class Dispatcher:
         pilot = self.pilots.choose_for_run(
             job,
             self._task_labels(job.visit.task),
-            may_leave_cache=not self.pilots.holder_waiting(job),
+            may_leave_cache=not self._worth_waiting_for_holder(job, time.time()),
         )
         if pilot is None:
             assert job.deadline is not None
@@ -468,6 +468,11 @@ class Dispatcher:
     def _wait_for_holder(self, job: Job, pilot: PilotSession, now: float) -> bool:
         if job.pilot_id == pilot.id or job.cache_key in pilot.cache:
             return False
+        return self._worth_waiting_for_holder(job, now)
+
+    def _worth_waiting_for_holder(self, job: Job, now: float) -> bool:
+        """The one affinity rule, on arrival and when a slot frees: a job waits for the pilot
+        holding its calibrations while that pilot is there and affinity_wait_s has not run out."""
         waited = now - (job.image_consumed or now)
         return waited < self.config.affinity_wait_s and self.pilots.holder_waiting(job)
 
