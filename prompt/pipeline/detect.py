@@ -66,17 +66,20 @@ def _refine(snr: np.ndarray, y: int, x: int) -> tuple[float, float]:
     )
 
 
-def _psf_flux(
-    image: np.ndarray, inv_var: np.ndarray, x: float, y: float, sigma: float, radius: int
-) -> tuple[float, float, int]:
+def _psf_fluxes(
+    images: tuple[np.ndarray, ...], inv_var: np.ndarray, x: float, y: float, sigma: float,
+    radius: int,
+) -> tuple[list[float], float, int]:  # fmt: skip
+    """PSF-fit flux at (x, y) on each image (same PSF, same weights), its error, pixels used."""
     yi, xi = round(y), round(x)
     psf = gaussian_psf(sigma, radius, x - xi, y - yi)
     sl = np.s_[yi - radius : yi + radius + 1, xi - radius : xi + radius + 1]
-    w = inv_var[sl]
-    denom = float((psf * psf * w).sum())
+    weighted = psf * inv_var[sl]
+    denom = float((psf * weighted).sum())
     if denom <= 0:
-        return math.nan, math.nan, 0
-    return float((image[sl] * psf * w).sum() / denom), 1.0 / math.sqrt(denom), psf.size
+        return [math.nan] * len(images), math.nan, 0
+    fluxes = [float((image[sl] * weighted).sum() / denom) for image in images]
+    return fluxes, 1.0 / math.sqrt(denom), psf.size
 
 
 def detect(
@@ -98,11 +101,11 @@ def detect(
     sources = []
     for y, x in peaks[:max_sources]:
         xc, yc = _refine(snr, y, x)
-        flux, err, ndata = _psf_flux(difference, inv_var, xc, yc, psf_sigma, radius)
+        (flux, sci, tmpl), err, ndata = _psf_fluxes(
+            (difference, science, template), inv_var, xc, yc, psf_sigma, radius
+        )
         if not math.isfinite(flux) or err <= 0:
             continue
-        sci, _, _ = _psf_flux(science, inv_var, xc, yc, psf_sigma, radius)
-        tmpl, _, _ = _psf_flux(template, inv_var, xc, yc, psf_sigma, radius)
         s = flux / err
         pos_err = psf_sigma * math.sqrt(2.0) / max(abs(s), 1e-6)
         sources.append(
