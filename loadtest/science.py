@@ -100,35 +100,30 @@ def evaluate(
     wanted = Counter[str]()
     offsets: list[float] = []
     flux_ratio: list[float] = []
+    near_truth: set[int] = set()
+    """Alerts near any injected source (even one too faint to count for recall): not spurious."""
+    bright = bright_found = 0
     for row in truth:
         key = (visit_of_obs_id(row["obs_id"]), int(row["detector"]))
         best = None
         for dia in sources.get(key, []):
             d = math.hypot(dia["x"] - row["x"], dia["y"] - row["y"])
-            if d <= radius and (best is None or d < best[0]):
-                best = (d, dia)
+            if d <= radius:
+                near_truth.add(dia["diaSourceId"])
+                if best is None or d < best[0]:
+                    best = (d, dia)
         band = _bin(row["snr"])
         wanted[band] += 1
+        bright += row["snr"] >= snr_min
         if best is not None:
             found[band] += 1
+            bright_found += row["snr"] >= snr_min
             offsets.append(best[0])
             if best[1]["psfFlux"] is not None and row["flux"]:
                 flux_ratio.append(best[1]["psfFlux"] / row["flux"])
-    # An alert near any injected source (even one too faint to count for recall) is not spurious.
-    near_truth: set[int] = set()
-    for row in truth:
-        key = (visit_of_obs_id(row["obs_id"]), int(row["detector"]))
-        for dia in sources.get(key, []):
-            if math.hypot(dia["x"] - row["x"], dia["y"] - row["y"]) <= radius:
-                near_truth.add(dia["diaSourceId"])
-    all_sources = [d for group in sources.values() for d in group]
-    spurious = [d for d in all_sources if d["diaSourceId"] not in near_truth]
-    bright = [r for r in truth if r["snr"] >= snr_min]
-    bright_found = sum(
-        1
-        for r in bright
-        if _found(r, sources.get((visit_of_obs_id(r["obs_id"]), r["detector"]), []), radius)
-    )
+    spurious = [
+        d for group in sources.values() for d in group if d["diaSourceId"] not in near_truth
+    ]
     offsets.sort()
     flux_ratio.sort()
     return {
@@ -139,9 +134,9 @@ def evaluate(
         "invalid_examples": invalid[:5],
         "alert_bytes_mean": round(sum(sizes) / len(sizes)) if sizes else None,
         "injected": len(truth),
-        "injected_snr_ge_10": len(bright),
+        "injected_snr_ge_10": bright,
         "recovered_snr_ge_10": bright_found,
-        "recall": round(bright_found / len(bright), 4) if bright else None,
+        "recall": round(bright_found / bright, 4) if bright else None,
         "recall_by_snr": {b: f"{found[b]}/{wanted[b]}" for b in sorted(wanted, key=_bin_order)},
         "spurious": len(spurious),
         "detector_visits": detector_visits,
@@ -151,10 +146,6 @@ def evaluate(
         "position_offset_px_p50": round(offsets[len(offsets) // 2], 3) if offsets else None,
         "flux_ratio_p50": round(flux_ratio[len(flux_ratio) // 2], 3) if flux_ratio else None,
     }
-
-
-def _found(row: dict[str, Any], candidates: list[dict[str, Any]], radius: float) -> bool:
-    return any(math.hypot(d["x"] - row["x"], d["y"] - row["y"]) <= radius for d in candidates)
 
 
 _BINS = ((0, 5), (5, 10), (10, 20), (20, math.inf))
