@@ -32,7 +32,7 @@ import orjson
 from prompt.calib.fitsio import write_image
 from prompt.calib.index import CalibEntry, CalibIndex
 from prompt.calib.layout import calib_key, index_key, template_key, truth_key
-from prompt.calib.objectstore import FileStore
+from prompt.calib.objectstore import FileStore, ObjectStoreError
 from prompt.calib.regions import Region, region_of
 from prompt.instruments import detector_name, obs_id, raw_key
 from prompt.sim.camera import pixel_to_sky
@@ -115,7 +115,7 @@ def generate(
     instrument = config.camera.instrument
     try:
         known = CalibIndex.from_json(store.get(index_key(instrument))).entries
-    except Exception:
+    except ObjectStoreError:  # a new root: no index yet
         known = []
     for e in known:
         entries.setdefault(e.key, e)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -65,6 +66,9 @@ class DetectorTruth:
     """ADU per second."""
 
 
+# The calibrations, the raws of every visit and the tests all ask for the same detector's
+# truth: computed once per process (a worker makes one detector at a time), read-only.
+@lru_cache(maxsize=8)
 def detector_truth(config: SimConfig, detector: int, epoch: int) -> DetectorTruth:
     """True bias and dark of a detector for one calibration epoch (month)."""
     n = config.camera.size
@@ -77,9 +81,12 @@ def detector_truth(config: SimConfig, detector: int, epoch: int) -> DetectorTrut
     dark = np.full((n, n), 0.002, np.float32)
     hot = rng.integers(0, n, size=(2, max(1, n * n // 2000)))
     dark[hot[0], hot[1]] = rng.uniform(0.5, 5.0, hot.shape[1])
+    bias.setflags(write=False)
+    dark.setflags(write=False)
     return DetectorTruth(gain, config.read_noise_e / gain, bias, dark)
 
 
+@lru_cache(maxsize=8)
 def flat_truth(config: SimConfig, detector: int, band: str, epoch: int) -> np.ndarray:
     """Relative sensitivity: vignetting across the focal plane, pixel response, dust rings."""
     n = config.camera.size
@@ -94,7 +101,9 @@ def flat_truth(config: SimConfig, detector: int, band: str, epoch: int) -> np.nd
         cx, cy, r = rng.uniform(0, n), rng.uniform(0, n), rng.uniform(4, 12)
         ring = np.abs(np.hypot(xx - cx, yy - cy) - r) < 1.5
         flat[ring] *= 0.96
-    return np.asarray(flat, dtype=np.float32)
+    out = np.asarray(flat, dtype=np.float32)
+    out.setflags(write=False)
+    return out
 
 
 @dataclass(frozen=True)
