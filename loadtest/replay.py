@@ -37,6 +37,7 @@ from prompt.config import Settings, Topics
 from prompt.events import ImageArrival, NextVisit
 from prompt.instruments import raw_key
 from prompt.kafka import ensure_topics
+from prompt.pipeline.alerts import MJD_UNIX_EPOCH
 from prompt.sim import SimConfig, SimVisit, generate, read_truth
 from prompt.stack import Stack
 from prompt.stack.scratch import scratch_database
@@ -71,6 +72,10 @@ class ReplayConfig:
     """alert payload: where the synthetic observatory writes (calibrations are reused)."""
     sim: SimConfig = field(default_factory=SimConfig)
     quiet: bool = False
+
+    @property
+    def data_uri(self) -> str:
+        return f"file://{self.data_root.resolve()}"
 
 
 @dataclass
@@ -193,7 +198,7 @@ def sim_visits(night: Night, run_id: str) -> list[SimVisit]:
             ra=v.ra,
             dec=v.dec,
             exp_time=v.exp_time,
-            mjd=(night.start_utc.timestamp() + v.start + TAI_MINUS_UTC) / 86400 + 40587.0,
+            mjd=(night.start_utc.timestamp() + v.start + TAI_MINUS_UTC) / 86400 + MJD_UNIX_EPOCH,
         )
         for v in night.visits
     ]
@@ -256,7 +261,7 @@ def _pilot_args(config: ReplayConfig) -> tuple[str, ...]:
     if config.mode == "cold":
         args += ["--poll-s", f"{config.poll_s / s:.4f}"]
     if config.payload == "alert":
-        args += ["--calib-root", f"file://{config.data_root.resolve()}",
+        args += ["--calib-root", config.data_uri,
                  "--warm-import", "prompt.pipeline.task"]  # fmt: skip
     return tuple(args)
 
@@ -284,11 +289,7 @@ async def _drive(
             spawn(f"replay-{run_id}-{i}")
         await service.wait_pilots(config.pilots)
         groups = {v.index: group_id_for(night, v, run_id) for v in night.visits}
-        bucket = (
-            f"file://{config.data_root.resolve()}"
-            if config.payload == "alert"
-            else "s3://rubin-summit"
-        )
+        bucket = config.data_uri if config.payload == "alert" else "s3://rubin-summit"
         progress = Progress(plan, config.quiet, s)
         async with CompletionCollector(settings) as collector, EventSender(settings) as sender:
             t0 = time.monotonic()

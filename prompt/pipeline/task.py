@@ -53,7 +53,7 @@ def _calibs(ctx: JobContext) -> Calibs:
     )  # fmt: skip
 
 
-def _visit_id(fields: dict[str, Any], header: dict[str, Any]) -> int:
+def _visit_id(header: dict[str, Any]) -> int:
     day_obs, seq = header.get("DAYOBS"), header.get("SEQNUM")
     if day_obs is None or seq is None:
         raise PayloadFailed("raw header lacks DAYOBS/SEQNUM: cannot number the visit")
@@ -87,7 +87,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
     except PsfMatchError as exc:
         raise PayloadFailed(f"image difference failed: {exc}") from exc
     t = time.perf_counter()
-    visit = _visit_id(fields, header)
+    visit = _visit_id(header)
     detector = int(fields["detector"])
     exptime = sum(e for _, e in raws)
     midpoint = float(header.get("MJD-OBS", 0.0)) + exptime / 2 / 86400.0
