@@ -29,7 +29,7 @@ from prompt.pipeline.alerts import (
 )
 from prompt.pipeline.process import Calibs, process
 from prompt.pipeline.psfmatch import PsfMatchError, warm_psfmatch
-from prompt.sim.camera import pixel_to_sky
+from prompt.wcs import pixel_to_sky
 
 REQUIRED = ("bias", "dark", "flat", "template")
 

@@ -35,7 +35,6 @@ from prompt.calib.layout import calib_key, index_key, template_key, truth_key
 from prompt.calib.objectstore import FileStore, ObjectStoreError
 from prompt.calib.regions import Region, region_of
 from prompt.instruments import detector_name, obs_id, raw_key
-from prompt.sim.camera import pixel_to_sky
 from prompt.sim.render import add_sources
 from prompt.sim.scene import (
     SKY_E_PER_30S,
@@ -49,6 +48,7 @@ from prompt.sim.scene import (
     seeing,
     template_noise,
 )
+from prompt.wcs import pixel_to_sky
 
 TRUTH_FIELDS = ("obs_id", "detector", "kind", "x", "y", "ra", "dec", "flux", "snr")
 
