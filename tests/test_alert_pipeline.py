@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from astropy.io import fits
 
@@ -253,3 +254,19 @@ async def test_alerts_through_the_service(
     out = tmp_path / "alerts.bin"
     assert write_length_prefixed(out, values) == len(values)
     assert read_length_prefixed(out) == values
+
+
+def test_pipeline_bench_prints_stage_timings(tmp_path: Path) -> None:
+    from tests.helpers import run_prompt
+
+    out = tmp_path / "bench.json"
+    proc = run_prompt(
+        "bench", "pipeline", "--detectors", "2", "--data-root", str(tmp_path / "data"),
+        "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    result = orjson.loads(out.read_bytes())
+    assert result["detectors"] == 2 and result["alerts"] > 0
+    stages = result["stage_ms"]
+    assert set(stages) == {"read", "isr", "subtract", "detect", "alerts", "total"}
+    assert all(0 < s["p50"] <= s["max"] for s in stages.values())

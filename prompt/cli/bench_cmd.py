@@ -1,4 +1,4 @@
-"""``prompt bench dispatch``."""
+"""``prompt bench dispatch`` and ``prompt bench pipeline``."""
 
 from __future__ import annotations
 
@@ -26,10 +26,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--warmup", type=int, default=1, help="untimed visits first (reported apart)")
     d.add_argument("--json", type=Path, help="also write the result here")
     d.add_argument("--logs", type=Path, default=Path(".prompt/bench-logs"))
+    pl = kinds.add_parser(
+        "pipeline", help="the alert pipeline alone on generated data: ms per detector by stage"
+    )
+    pl.add_argument("--detectors", type=int, default=189)
+    pl.add_argument("--data-root", type=Path, default=Path(".prompt/bench-data"))
+    pl.add_argument("--json", type=Path, help="also write the result here")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.bench == "pipeline":
+        return _pipeline(args)
     from prompt.bench.dispatch import BenchShape, run_bench
 
     shape = BenchShape(
@@ -47,3 +55,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     ok = result["lost"] == 0 and result["duplicates"] == 0
     return 0 if ok else 1
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from prompt.bench.pipeline import run_pipeline_bench
+
+    result = run_pipeline_bench(args.data_root, args.detectors)
+    print_json(result)
+    if args.json:
+        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    return 0
