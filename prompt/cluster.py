@@ -171,7 +171,19 @@ class ServiceProcess(ChildProcess):
             result: dict[str, Any] = await resp.json()
             return result
 
+    async def ready(self) -> dict[str, Any]:
+        """``/readyz``: whether it leads with every part making progress, and why not."""
+        import aiohttp
+
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{self.http_port}/readyz") as resp,
+        ):
+            result: dict[str, Any] = await resp.json()
+            return result
+
     async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until ``/readyz`` says ready (a standby never is)."""
         import aiohttp
 
         async with asyncio.timeout(timeout):
@@ -181,7 +193,7 @@ class ServiceProcess(ChildProcess):
                 try:
                     async with (
                         aiohttp.ClientSession() as http,
-                        http.get(f"http://127.0.0.1:{self.http_port}/healthz") as resp,
+                        http.get(f"http://127.0.0.1:{self.http_port}/readyz") as resp,
                     ):
                         if resp.status == 200:
                             return

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(default=5.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     start_from: Literal["latest", "earliest"] = "latest"
+    dependency_retry_s: float = Field(default=60.0, gt=0)
+    """How long an event or a state commit waits for an unreachable database before the
+    leader steps down (and contends again); the event is read again, nothing is lost."""
+    stall_after_s: float = Field(default=5.0, gt=0)
+    """/readyz reports a part of the leader stalled after this long without progress."""
     affinity_wait_s: float = Field(default=10.0, ge=0)
     """How long a ready job waits for the busy pilot holding its calibrations before another
     pilot takes it (and loads them again)."""

@@ -6,10 +6,20 @@ import ssl
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownError
 
 from prompt.config import Settings
 
 TOPIC_ALREADY_EXISTS = 36
+
+
+def broker_retriable(exc: BaseException) -> bool:
+    """Whether a Kafka client error may clear up by itself (a broker restarting, a leader
+    moving, a request timing out). Besides what the client marks retriable, a timeout and an
+    unspecified broker error are retried too, for a bounded time, by whoever retries."""
+    return isinstance(exc, KafkaError) and (
+        exc.retriable or isinstance(exc, KafkaTimeoutError | UnknownError)
+    )
 
 
 def aiokafka_options(settings: Settings, bootstrap: str) -> dict[str, Any]:

@@ -41,8 +41,22 @@ class ProtocolError(Exception):
     """The peer sent something that is not a valid frame; the connection is closed."""
 
 
+class FrameTooLargeError(ValueError):
+    """A message would not fit in one frame. Raised to the sender, which must shrink or fail
+    what it sends: the peer would refuse the frame and the connection with it."""
+
+    def __init__(self, kind: object, size: int) -> None:
+        super().__init__(
+            f"a {kind!s} message of {size} bytes exceeds the pilot channel's {MAX_FRAME}-byte"
+            " frame limit"
+        )
+        self.size = size
+
+
 def encode(msg: Message) -> bytes:
     body = orjson.dumps(msg)
+    if len(body) > MAX_FRAME:
+        raise FrameTooLargeError(msg.get("t"), len(body))
     return _LEN.pack(len(body)) + body
 
 
@@ -51,7 +65,10 @@ async def read_message(reader: asyncio.StreamReader) -> Message:
     header = await reader.readexactly(_LEN.size)
     (size,) = _LEN.unpack(header)
     if size > MAX_FRAME:
-        raise ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME}-byte limit")
+        raise ProtocolError(
+            f"the peer sent a frame of {size} bytes, over the {MAX_FRAME}-byte limit (peers"
+            " never send one: the stream is corrupt or not this protocol)"
+        )
     body = await reader.readexactly(size)
     try:
         msg = orjson.loads(body)

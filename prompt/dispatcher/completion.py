@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from prompt.bounds import bound_counts, bound_stages
 from prompt.dispatcher.model import Job
+from prompt.events import AvroCodec
+
+MESSAGE_LIMIT = 1_000_000
+"""Bytes a completion may take: under Kafka's default ``message.max.bytes`` (1 MB) with room
+for the key, headers and batch overhead."""
 
 
 def completion_record(job: Job) -> dict[str, Any]:
@@ -44,6 +50,19 @@ def completion_record(job: Job) -> dict[str, Any]:
         "latencySeconds": latency,
         "dispatchMs": dispatch_ms,
         "runSeconds": run_s,
-        "counts": {str(k): int(v) for k, v in result.get("counts", {}).items()},
-        "stageSeconds": {str(k): float(v) for k, v in result.get("stages", {}).items()},
+        "counts": bound_counts(result.get("counts")),
+        "stageSeconds": bound_stages(result.get("stages")),
     }
+
+
+def encode_completion(codec: AvroCodec, job: Job, limit: int = MESSAGE_LIMIT) -> bytes:
+    """The job's completion event, guaranteed to fit in ``limit`` bytes: its parts are
+    bounded at the source, and should it still not fit, the error is cut further and the
+    per-stage details are left out (said in the error)."""
+    record = completion_record(job)
+    value = codec.encode(record)
+    if len(value) <= limit:
+        return value
+    record.update(counts={}, stageSeconds={})
+    record["error"] = ((record["error"] or "")[:1024] + " [completion cut to fit]").strip()
+    return codec.encode(record)

@@ -14,22 +14,40 @@ from typing import Any
 import asyncpg
 import structlog
 
+from prompt.bounds import bound_counts, bound_error, bound_log, bound_stages, finite_or_none
 from prompt.channel import protocol as p
-from prompt.dispatcher.completion import completion_record
+from prompt.channel.protocol import FrameTooLargeError
+from prompt.dispatcher.completion import encode_completion
 from prompt.dispatcher.config import DispatcherConfig
-from prompt.dispatcher.model import ON_PILOT, TERMINAL, WAITING_FOR_IMAGE, Job, JobState, Visit
+from prompt.dispatcher.held import HeldImages
+from prompt.dispatcher.leadership import Fence
+from prompt.dispatcher.model import (
+    ON_PILOT,
+    TERMINAL,
+    WAITING_FOR_IMAGE,
+    Job,
+    JobState,
+    Visit,
+    VisitKey,
+)
 from prompt.dispatcher.pilots import PilotRegistry, PilotSession
 from prompt.dispatcher.writer import OFFSET_UPSERT, StateWriter
-from prompt.events import AvroCodec, ImageArrival, NextVisit
+from prompt.events import AvroCodec, EventError, ImageArrival, NextVisit
 from prompt.instruments import detector_name
 from prompt.metrics import DispatcherMetrics
 from prompt.tasks import Task, load_active_tasks, match_task
 
 log = structlog.get_logger(__name__)
 
-VisitKey = tuple[str, str]
 CLOSED_MEMORY = 20_000
 PILOT_ROW_REFRESH_S = 5.0
+
+
+class HeldOverflowError(EventError):
+    """An image for a group not (yet) announced, beyond what may be held: dead-lettered so
+    it can be replayed, instead of growing memory without bound."""
+
+    reason = "held_full"
 
 
 class Dispatcher:
@@ -37,6 +55,7 @@ class Dispatcher:
         self,
         config: DispatcherConfig,
         pool: asyncpg.Pool,
+        fence: Fence,
         writer: StateWriter,
         completion_codec: AvroCodec,
         metrics: DispatcherMetrics,
@@ -44,6 +63,7 @@ class Dispatcher:
     ) -> None:
         self.config = config
         self.pool = pool
+        self.fence = fence
         self.writer = writer
         self.completion_codec = completion_codec
         self.metrics = metrics
@@ -51,10 +71,13 @@ class Dispatcher:
         self.pilots = PilotRegistry()
         self.visits: dict[VisitKey, Visit] = {}
         self.jobs: dict[int, Job] = {}
-        self.resurrecting: dict[VisitKey, list[tuple[ImageArrival, float]]] = {}
-        self.held: dict[VisitKey, list[tuple[ImageArrival, float]]] = {}
+        self.resurrecting: set[VisitKey] = set()
+        self.held = HeldImages(
+            per_group=config.held_per_group, total=config.held_total, ttl_s=config.held_ttl_s
+        )
         self.closed: OrderedDict[VisitKey, str] = OrderedDict()
-        self.canceled_groups: set[str] = set()
+        self.canceled_groups: OrderedDict[str, float] = OrderedDict()
+        """Groups canceled before they were announced (bounded, oldest forgotten first)."""
         self._ready: list[tuple[float, int, Job]] = []
         self._expiry: list[tuple[float, int, VisitKey]] = []
         self._seq = itertools.count()
@@ -87,6 +110,11 @@ class Dispatcher:
         while len(self.closed) > CLOSED_MEMORY:
             self.closed.popitem(last=False)
 
+    def _remember_canceled(self, group: str, when: float) -> None:
+        self.canceled_groups[group] = when
+        while len(self.canceled_groups) > CLOSED_MEMORY:
+            self.canceled_groups.popitem(last=False)
+
     def _duplicate(self, kind: str) -> None:
         self.counts["duplicates"] += 1
         self.metrics.ignored.labels(kind, "duplicate").inc()
@@ -94,11 +122,19 @@ class Dispatcher:
     # ---- next-visit -------------------------------------------------------------------------
 
     async def on_next_visit(
-        self, record: dict[str, Any], topic: str, partition: int, offset: int, consumed: float
+        self,
+        nv: NextVisit,
+        record: dict[str, Any],
+        topic: str,
+        partition: int,
+        offset: int,
+        consumed: float,
     ) -> None:
-        """Handle one decoded next-visit; the offset is stored with whatever it produced."""
+        """Handle one validated next-visit; the offset is stored with whatever it produced.
+
+        A database error propagates with nothing changed in memory (the caller retries it or,
+        if the database refuses the record itself, dead-letters it)."""
         t0 = time.perf_counter()
-        nv = NextVisit.from_record(record)
         key = (nv.instrument, nv.group_id)
         reason: str | None = None
         if not nv.instrument:
@@ -145,7 +181,7 @@ class Dispatcher:
             self.writer.offset(topic, partition, offset + 1)
             return
         status = "canceled" if reason == "canceled" else "ignored"
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.fence.transaction(self.pool) as conn:
             await conn.execute(
                 """INSERT INTO visits (instrument, group_id, status, ignore_reason, survey,
                        filters, next_visit, received_at)
@@ -171,12 +207,12 @@ class Dispatcher:
         t0: float,
     ) -> None:
         key = (nv.instrument, nv.group_id)
-        self.resurrecting[key] = []
+        self.resurrecting.add(key)  # images arriving meanwhile are held (and persisted)
         try:
             expires = nv.start_time - self.config.tai_minus_utc_s if nv.start_time else consumed
             expires += max(nv.duration, 0.0) * 2 + task.spec.image_timeout_s
             ra, dec = nv.position if nv.coordinate_system == 2 else (None, None)
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with self.fence.transaction(self.pool) as conn:
                 visit_id = await conn.fetchval(
                     """INSERT INTO visits (instrument, group_id, task_id, survey, filters, ra_deg,
                            dec_deg, start_time, duration_s, nimages, expires_at, next_visit,
@@ -205,11 +241,9 @@ class Dispatcher:
                     await conn.execute(
                         OFFSET_UPSERT, self.config.name, topic, partition, offset + 1
                     )
-        except BaseException:
-            self.resurrecting.pop(key, None)
-            raise
+        finally:
+            self.resurrecting.discard(key)
         if visit_id is None:  # another instance (or an earlier life of this one) made it
-            self.resurrecting.pop(key, None)
             self._duplicate("next-visit")
             return
         elapsed = time.perf_counter() - t0
@@ -229,9 +263,11 @@ class Dispatcher:
         )  # fmt: skip
         if self.warm:
             self._assign_and_preload(visit)
-        early = self.held.pop(key, []) + self.resurrecting.pop(key, [])
+        early = self.held.pop(key)
         for arrival, when in early:
             self._apply_image(visit, arrival, when)
+        if early:
+            self.writer.held_applied(key)
 
     def _assign_and_preload(self, visit: Visit) -> None:
         labels = self._task_labels(visit.task)
@@ -265,14 +301,12 @@ class Dispatcher:
     # ---- cancel -----------------------------------------------------------------------------
 
     async def on_canceled(
-        self, record: dict[str, Any], topic: str, partition: int, offset: int, consumed: float
+        self, group: str, topic: str, partition: int, offset: int, consumed: float
     ) -> None:
-        group = record["groupId"]
         matched = [v for v in self.visits.values() if v.nv.group_id == group]
         if not matched:
             if group and group not in self.canceled_groups:
-                self.canceled_groups.add(group)
-                async with self.pool.acquire() as conn, conn.transaction():
+                async with self.fence.transaction(self.pool) as conn:
                     await conn.execute(
                         """INSERT INTO visits (instrument, group_id, status, ignore_reason,
                                received_at)
@@ -284,7 +318,8 @@ class Dispatcher:
                     await conn.execute(
                         OFFSET_UPSERT, self.config.name, topic, partition, offset + 1
                     )
-                for key in [k for k in self.held if k[1] == group]:
+                self._remember_canceled(group, consumed)
+                for key in self.held.of_group(group):
                     self._drop_held(key)
                 return
             self.writer.offset(topic, partition, offset + 1)
@@ -307,7 +342,7 @@ class Dispatcher:
         (task definition read from the database, jobs created) on the image path."""
         if not self.warm:
             key = (arrival.instrument, arrival.group_id)
-            announced = self.announced.pop(key, None)
+            announced = self.announced.get(key)
             if announced is not None:
                 nv, record, received = announced
                 t0 = time.perf_counter()
@@ -316,26 +351,31 @@ class Dispatcher:
                 task = match_task(tasks, nv)
                 if task is not None:
                     await self._resurrect(nv, record, task, None, 0, 0, received, t0)
+                self.announced.pop(key, None)
         self.on_image(arrival, consumed)
 
     def on_image(self, arrival: ImageArrival, consumed: float) -> None:
+        """Apply an image to its visit, or hold it until the visit exists. Raises
+        HeldOverflowError if it can be neither (the caller dead-letters it)."""
         key = (arrival.instrument, arrival.group_id)
         visit = self.visits.get(key)
         if visit is not None:
             self._apply_image(visit, arrival, consumed)
             return
-        pending = self.resurrecting.get(key)
-        if pending is not None:
-            pending.append((arrival, consumed))
-            return
         if key in self.closed or arrival.group_id in self.canceled_groups:
             self.metrics.ignored.labels("image-arrival", "visit_closed").inc()
             return
-        held = self.held.setdefault(key, [])
-        if any(a.detector == arrival.detector and a.snap == arrival.snap for a, _ in held):
+        outcome = self.held.add(arrival, consumed)
+        if outcome == "duplicate":
             self._duplicate("image-arrival")
             return
-        held.append((arrival, consumed))
+        if outcome != "held":
+            limit = self.held.per_group if outcome == "group_full" else self.held.total
+            raise HeldOverflowError(
+                f"image for {arrival.group_id!r} detector {arrival.detector} snap {arrival.snap}"
+                f" cannot be held: {'its group holds' if outcome == 'group_full' else 'the'}"
+                f" {limit} images waiting for a next-visit{' in all' if outcome == 'full' else ''}"
+            )
         self.counts["held"] += 1
         self.writer.held(
             (arrival.instrument, arrival.group_id, arrival.detector, arrival.snap, arrival.uri,
@@ -344,7 +384,7 @@ class Dispatcher:
 
     def _drop_held(self, key: VisitKey, reason: str = "visit_closed") -> None:
         """Images that waited for a next-visit that turned out ignored or canceled."""
-        dropped = self.held.pop(key, [])
+        dropped = self.held.pop(key)
         if dropped:
             self.metrics.ignored.labels("image-arrival", reason).inc(len(dropped))
 
@@ -358,13 +398,12 @@ class Dispatcher:
             self._duplicate("image-arrival")
             return
         job.snaps_mask |= bit
-        job.uris.append(arrival.uri)
-        job.image_uri = job.image_uri or arrival.uri
+        job.snap_uris[arrival.snap] = arrival.uri
+        if arrival.obs_id:
+            job.snap_obs_ids[arrival.snap] = arrival.obs_id
         arrived = arrival.event_time or consumed
         job.image_arrived = max(job.image_arrived or 0.0, arrived)
         job.image_consumed = consumed
-        if arrival.obs_id:
-            job.obs_ids.add(arrival.obs_id)
         if job.snaps_complete():
             job.deadline = job.image_arrived + visit.task.spec.deadline_s
             job.state = JobState.READY
@@ -407,7 +446,7 @@ class Dispatcher:
                 survey=nv.survey,
                 task=visit.task.name,
             )
-        obs_id = min(job.obs_ids) if job.obs_ids else ""
+        obs_id = job.obs_id
         return {
             **base,
             "visit": obs_id or base["group"],
@@ -415,7 +454,7 @@ class Dispatcher:
             "detector": job.detector,
             "detector_name": detector_name(base["instrument"], job.detector),
             "uri": job.image_uri or "",
-            "uris": list(job.uris),
+            "uris": job.uris,
             "job": job.id,
             "attempt": job.attempt,
         }
@@ -431,17 +470,24 @@ class Dispatcher:
         job.dispatched = time.time()
         job.started = None
         pilot.running[job.id] = job
-        sent = pilot.send(
-            {
-                "t": p.JOB,
-                "job": job.id,
-                "attempt": job.attempt,
-                "payload": self._payload(job.visit.task),
-                "fields": self._fields(job),
-                "timeout_s": job.visit.task.spec.job_timeout_s,
-                "deadline": job.deadline,
-            }
-        )
+        try:
+            sent = pilot.send(
+                {
+                    "t": p.JOB,
+                    "job": job.id,
+                    "attempt": job.attempt,
+                    "payload": self._payload(job.visit.task),
+                    "fields": self._fields(job),
+                    "timeout_s": job.visit.task.spec.job_timeout_s,
+                    "deadline": job.deadline,
+                }
+            )
+        except FrameTooLargeError as exc:
+            # Deterministic: every pilot would refuse it. Fail now, with the reason.
+            pilot.running.pop(job.id, None)
+            job.error = f"the job cannot be sent: {exc}"
+            self._complete(job, JobState.FAILED)
+            return
         self.writer.job(job)
         if not sent:
             self._pilot_disconnected(pilot)
@@ -484,7 +530,7 @@ class Dispatcher:
             return
         if job.state is JobState.SENT:
             job.state = JobState.RUNNING
-            job.started = float(msg["at"])
+            job.started = finite_or_none(msg.get("at")) or time.time()
             if job.attempt == 1 and job.image_consumed is not None:
                 self.metrics.dispatch.observe(max(0.0, job.started - job.image_consumed))
             self.writer.job(job)
@@ -507,20 +553,23 @@ class Dispatcher:
             ack()
             return
         pilot.running.pop(job.id, None)
-        job.started = float(msg.get("started") or job.started or time.time())
-        job.finished = float(msg.get("finished") or time.time())
-        job.cache_hit = msg.get("cache_hit")
+        job.started = finite_or_none(msg.get("started")) or job.started or time.time()
+        job.finished = finite_or_none(msg.get("finished")) or time.time()
+        cache_hit = msg.get("cache_hit")
+        job.cache_hit = cache_hit if isinstance(cache_hit, bool) else None
+        # What a payload produced is bounded and cleaned here, once: it goes to PostgreSQL
+        # (no NUL in text) and to Kafka (messages have a size limit).
         job.result = {
-            "counts": msg.get("counts") or {},
-            "stages": msg.get("stages") or {},
-            "log": (msg.get("log") or "")[-65536:],
+            "counts": bound_counts(msg.get("counts")),
+            "stages": bound_stages(msg.get("stages")),
+            "log": bound_log(msg.get("log") or ""),
         }
-        if msg.get("ok"):
+        if msg.get("ok") is True:
             job.error = None
             late = job.deadline is not None and job.finished > job.deadline
             self._complete(job, JobState.LATE if late else JobState.FINISHED, after=ack)
         else:
-            job.error = str(msg.get("error") or "payload failed")
+            job.error = bound_error(msg.get("error") or "payload failed")
             self._retry_or_fail(job, after=ack)
         if self.warm:
             self.fill(pilot)
@@ -610,6 +659,10 @@ class Dispatcher:
     def _pilot_lost(self, pilot: PilotSession, why: str) -> None:
         log.warning("pilot lost", pilot=pilot.id, reason=why, jobs=len(pilot.running))
         self.metrics.pilots_lost.inc()
+        if pilot.channel is not None:
+            # A pilot that was only stalled must notice: it reconnects and registers afresh,
+            # and the results of the attempts retried meanwhile are fenced by attempt.
+            pilot.channel.abort()
         pilot.channel = None
         pilot.disconnected_at = None
         jobs = list(pilot.running.values())
@@ -658,7 +711,7 @@ class Dispatcher:
                  "status": status.value, "attempt": job.attempt, "pilot": job.pilot_id,
                  "error": job.error, "at": job.completed}
             )  # fmt: skip
-        value = self.completion_codec.encode(completion_record(job))
+        value = encode_completion(self.completion_codec, job)
         self.writer.job(job, completion=value, after=after)
         if visit.open_jobs <= 0:
             self._visit_done(visit)
@@ -725,10 +778,11 @@ class Dispatcher:
                     got = job.snaps_mask.bit_count()
                     job.error = f"image never arrived ({got}/{visit.snaps_expected} snaps)"
                     self._complete(job, JobState.EXPIRED)
-        if self.held:
-            limit = wall - self.config.held_ttl_s
-            for key in [k for k, v in self.held.items() if v[-1][1] < limit]:
-                self._drop_held(key, "next_visit_never_came")
+        for key in list(self.held.expired(wall)):
+            self._drop_held(key, "next_visit_never_came")
+        limit = wall - self.config.held_ttl_s
+        while self.canceled_groups and next(iter(self.canceled_groups.values())) < limit:
+            self.canceled_groups.popitem(last=False)
         if self.warm and self._ready:
             for pilot in self.pilots.pilots.values():
                 if pilot.free > 0 and pilot.connected:

@@ -1,4 +1,5 @@
-"""The dispatcher's HTTP side: /metrics for Prometheus, /healthz, /status."""
+"""The dispatcher's HTTP side: /metrics for Prometheus, /healthz, /readyz, /status, the
+operator page. Up for the whole process; what it shows comes from the current term, if any."""
 
 from __future__ import annotations
 
@@ -6,15 +7,30 @@ import asyncio
 import contextlib
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from prompt.dispatcher.core import Dispatcher
+from prompt.dispatcher.health import Health
 from prompt.dispatcher.operator import operator_snapshot
 from prompt.metrics import DispatcherMetrics
+
+if TYPE_CHECKING:
+    from prompt.dispatcher.term import Running
+
+
+class TermView:
+    """The running term (None while standing by): what the HTTP side and metrics read."""
+
+    def __init__(self) -> None:
+        self.running: Running | None = None
+
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        return None if self.running is None else self.running.dispatcher
 
 
 def status_snapshot(d: Dispatcher) -> dict[str, Any]:
@@ -33,7 +49,7 @@ def status_snapshot(d: Dispatcher) -> dict[str, Any]:
         ],
         "jobs_by_state": dict(states),
         "ready_queue": len(d._ready),
-        "held_images": sum(len(v) for v in d.held.values()),
+        "held_images": len(d.held),
         "pilots": [
             {
                 "id": p.id,
@@ -54,9 +70,18 @@ OPERATOR_PAGE = Path(__file__).with_name("operator.html")
 STREAM_INTERVAL_S = 1.0
 
 
-def make_app(d: Dispatcher, metrics: DispatcherMetrics, healthy: Any) -> web.Application:
+def make_app(view: TermView, metrics: DispatcherMetrics, health: Health) -> web.Application:
     closing = asyncio.Event()
     page = OPERATOR_PAGE.read_bytes()  # read once, at start-up
+
+    def leading() -> Dispatcher:
+        d = view.dispatcher
+        if d is None:
+            raise web.HTTPServiceUnavailable(
+                text=orjson.dumps({"role": health.role, "error": "not the leader"}).decode(),
+                content_type="application/json",
+            )
+        return d
 
     async def root_view(_: web.Request) -> web.Response:
         raise web.HTTPFound("/ui")
@@ -66,7 +91,7 @@ def make_app(d: Dispatcher, metrics: DispatcherMetrics, healthy: Any) -> web.App
 
     async def snapshot_view(_: web.Request) -> web.Response:
         return web.Response(
-            body=orjson.dumps(operator_snapshot(d), option=orjson.OPT_NON_STR_KEYS),
+            body=orjson.dumps(operator_snapshot(leading()), option=orjson.OPT_NON_STR_KEYS),
             content_type="application/json",
         )
 
@@ -78,10 +103,10 @@ def make_app(d: Dispatcher, metrics: DispatcherMetrics, healthy: Any) -> web.App
         await resp.prepare(request)
         try:
             while not closing.is_set():
+                d = view.dispatcher
+                doc = operator_snapshot(d) if d is not None else {"role": health.role}
                 await resp.write(
-                    b"data: "
-                    + orjson.dumps(operator_snapshot(d), option=orjson.OPT_NON_STR_KEYS)
-                    + b"\n\n"
+                    b"data: " + orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS) + b"\n\n"
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(closing.wait(), STREAM_INTERVAL_S)
@@ -91,7 +116,7 @@ def make_app(d: Dispatcher, metrics: DispatcherMetrics, healthy: Any) -> web.App
 
     async def log_view(request: web.Request) -> web.Response:
         job_id = int(request.match_info["job"])
-        text = await job_log(d, job_id)
+        text = await job_log(leading(), job_id)
         if text is None:
             raise web.HTTPNotFound(text=f"no job {job_id}")
         return web.Response(text=text or "(no output)", content_type="text/plain")
@@ -104,11 +129,16 @@ def make_app(d: Dispatcher, metrics: DispatcherMetrics, healthy: Any) -> web.App
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health_view(_: web.Request) -> web.Response:
-        ok = bool(healthy())
-        return web.json_response({"ok": ok}, status=200 if ok else 503)
+        """Liveness: the process answers (its event loop runs). A standby is healthy."""
+        return web.json_response({"ok": True, "role": health.role})
+
+    async def ready_view(_: web.Request) -> web.Response:
+        """Readiness: the leader, holding the lock, every part making progress."""
+        state = health.readiness()
+        return web.json_response(state, status=200 if state["ready"] else 503)
 
     async def status_view(_: web.Request) -> web.Response:
-        return web.json_response(status_snapshot(d))
+        return web.json_response(status_snapshot(leading()))
 
     app = web.Application()
     app.on_shutdown.append(on_shutdown)
@@ -119,6 +149,7 @@ def make_app(d: Dispatcher, metrics: DispatcherMetrics, healthy: Any) -> web.App
     app.router.add_get("/jobs/{job:\\d+}/log", log_view)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", health_view)
+    app.router.add_get("/readyz", ready_view)
     app.router.add_get("/status", status_view)
     return app
 

@@ -3,61 +3,63 @@ positioned at the offsets stored in PostgreSQL with the state they produced.
 
 Two consumers, so a resurrection transaction never delays an image push: control (next-visit,
 next-visit-canceled) is handled one event at a time; images are handled in memory.
-Undecodable or unusable events go to the dead-letter topic with the reason, and are counted.
+
+What can go wrong with one event is sorted by what retrying can do:
+- it does not decode, or decodes to values no real event has (``prompt.events.limits``), or
+  the database refuses it: dead letter with the reason, offset moves on;
+- the database is unreachable: retried with backoff, the offset stays, for at most
+  ``retry_for_s`` (then the term ends and the leader steps down; the event is read again).
+The broker going away is ridden out (the client reconnects); a stored position beyond the end
+of a partition (the topic was recreated, or truncated) is said loudly and, by policy, the
+partition resumes from its earliest offset — events are idempotent, so re-reading is safe and
+nothing new is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 
+from prompt.bounds import bound_error
 from prompt.dispatcher.core import Dispatcher
+from prompt.dispatcher.deadletters import DeadLetters
+from prompt.dispatcher.health import Health
 from prompt.dispatcher.writer import StateWriter
 from prompt.events import (
     AvroCodec,
     EventError,
     ImageArrival,
-    InvalidEventError,
     NotificationError,
     RawObject,
     decode_consumed,
     decode_image_message,
+    limits,
 )
 from prompt.events.raw_metadata import RawMetadataResolver
+from prompt.kafka import broker_retriable
 from prompt.metrics import DispatcherMetrics
+from prompt.store.errors import DB_ERRORS, is_transient
 
 log = structlog.get_logger(__name__)
 
-Handler = Callable[[dict[str, Any], str, int, int, float], Awaitable[None]]
+
+class RejectedError(EventError):
+    """The database refused what the event would have written (its values, not the link)."""
+
+    reason = "rejected"
 
 
-class DeadLetters:
-    def __init__(self, producer: AIOKafkaProducer, topic: str, metrics: DispatcherMetrics) -> None:
-        self._producer = producer
-        self._topic = topic
-        self._metrics = metrics
-        self.count = 0
-
-    async def send(self, msg: ConsumerRecord[Any, Any], kind: str, error: EventError) -> None:
-        headers = [
-            ("prompt.reason", error.reason.encode()),
-            ("prompt.error", str(error).encode()[:4096]),
-            ("prompt.kind", kind.encode()),
-            ("prompt.source.topic", msg.topic.encode()),
-            ("prompt.source.partition", str(msg.partition).encode()),
-            ("prompt.source.offset", str(msg.offset).encode()),
-        ]
-        await self._producer.send(self._topic, msg.value or b"", key=msg.key, headers=headers)
-        self.count += 1
-        self._metrics.dead_lettered.labels(kind, error.reason).inc()
-        log.warning("event dead-lettered", kind=kind, reason=error.reason, error=str(error))
+class DependencyError(RuntimeError):
+    """A dependency stayed unreachable longer than an event may wait: the term ends."""
 
 
 class Intake:
@@ -73,8 +75,10 @@ class Intake:
         codecs: dict[str, AvroCodec],
         dead_letters: DeadLetters,
         metrics: DispatcherMetrics,
+        health: Health,
         resolver: RawMetadataResolver | None,
         start_from: str,
+        retry_for_s: float = 60.0,
     ) -> None:
         self._opts = consumer_options
         self._control_opts = control_options
@@ -86,50 +90,83 @@ class Intake:
         self._codecs = codecs
         self._dlq = dead_letters
         self._metrics = metrics
+        self._health = health
         self._resolver = resolver
         self._start_from = start_from
+        self._retry_for_s = retry_for_s
         self._stopping = asyncio.Event()
         self.positions: dict[tuple[str, int], int] = {}
         """Next offset to process per partition (what the lag gauge is measured against)."""
         self.control: AIOKafkaConsumer | None = None
         self.images: AIOKafkaConsumer | None = None
-        self._handlers: dict[str, Handler] = {
-            "next-visit": dispatcher.on_next_visit,
-            "next-visit-canceled": dispatcher.on_canceled,
-        }
 
-    async def start(self, pool: asyncpg.Pool) -> dict[str, int]:
+    # ---- start and stop ---------------------------------------------------------------------
+
+    async def start(self, pool: asyncpg.Pool, stop: asyncio.Event) -> dict[str, int]:
         async with pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer = $1",
                 self._name,
             )
         stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
-        self.control = await self._consumer(
-            [self._topics["next-visit"], self._topics["next-visit-canceled"]],
-            stored,
-            self._control_opts,
+        control = [self._topics["next-visit"], self._topics["next-visit-canceled"]]
+        self.control = await self._consumer(control, stored, self._control_opts, stop)
+        self.images = await self._consumer(
+            [self._topics["image-arrival"]], stored, self._opts, stop
         )
-        self.images = await self._consumer([self._topics["image-arrival"]], stored, self._opts)
+        self._health.probe("broker", self._since_fetch)
         return {f"{t}[{p}]": o for (t, p), o in stored.items()}
 
     async def _consumer(
-        self, topics: list[str], stored: dict[tuple[str, int], int], opts: dict[str, Any]
+        self,
+        topics: list[str],
+        stored: dict[tuple[str, int], int],
+        opts: dict[str, Any],
+        stop: asyncio.Event,
     ) -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(
-            **opts,
-            group_id=None,
-            enable_auto_commit=False,
-            max_poll_records=2000,
-        )
-        await consumer.start()
-        tps: list[TopicPartition] = []
-        for topic in topics:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await consumer.stop()
-                raise RuntimeError(f"topic {topic} does not exist (create it: prompt stack up)")
-            tps.extend(TopicPartition(topic, p) for p in sorted(parts))
+        """A consumer assigned every partition of ``topics``, once the broker has them all.
+
+        A broker that is down or a topic that does not exist yet is waited for (with a clear
+        log line) for at most ``retry_for_s``."""
+        deadline = time.monotonic() + self._retry_for_s
+        backoff = 0.2
+        while True:
+            consumer = AIOKafkaConsumer(
+                **opts, group_id=None, enable_auto_commit=False, max_poll_records=2000,
+                auto_offset_reset="none",
+            )  # fmt: skip
+            missing: list[str] = []
+            try:
+                await consumer.start()
+                tps: list[TopicPartition] = []
+                for topic in topics:
+                    parts = consumer.partitions_for_topic(topic)
+                    if not parts:
+                        missing.append(topic)
+                    tps.extend(TopicPartition(topic, p) for p in sorted(parts or ()))
+                if not missing:
+                    await self._position(consumer, tps, stored)
+                    return consumer
+                problem = f"topics {missing} do not exist (create them: prompt stack up)"
+            except KafkaError as exc:
+                if not broker_retriable(exc):
+                    await consumer.stop()
+                    raise
+                problem = f"broker unreachable: {exc!r}"
+            await consumer.stop()
+            if time.monotonic() > deadline or stop.is_set():
+                raise DependencyError(f"intake cannot start: {problem}")
+            log.warning("intake waiting", problem=problem, retry_in=backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _position(
+        self,
+        consumer: AIOKafkaConsumer,
+        tps: list[TopicPartition],
+        stored: dict[tuple[str, int], int],
+    ) -> None:
         consumer.assign(tps)
         fresh = [tp for tp in tps if (tp.topic, tp.partition) not in stored]
         if fresh:
@@ -144,7 +181,6 @@ class Intake:
         for tp in tps:
             consumer.seek(tp, stored[(tp.topic, tp.partition)])
             self.positions[(tp.topic, tp.partition)] = stored[(tp.topic, tp.partition)]
-        return consumer
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Per partition: high watermark (as of the last fetch) minus our position. No I/O."""
@@ -159,6 +195,18 @@ class Intake:
                     out[(tp.topic, tp.partition)] = max(0, high - position)
         return out
 
+    def _since_fetch(self) -> float | None:
+        """Seconds since the broker last answered a fetch of every assigned partition."""
+        oldest: float | None = None
+        for consumer in (self.control, self.images):
+            if consumer is None:
+                continue
+            for tp in consumer.assignment():
+                stamp = consumer.last_poll_timestamp(tp)
+                if stamp is not None:
+                    oldest = stamp if oldest is None else min(oldest, stamp)
+        return None if oldest is None else max(0.0, time.time() - oldest / 1000)
+
     def stop(self) -> None:
         self._stopping.set()
 
@@ -167,49 +215,82 @@ class Intake:
             if consumer is not None:
                 await consumer.stop()
 
+    # ---- the loops --------------------------------------------------------------------------
+
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer, component: str
+    ) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        """One fetch; broker trouble is logged and shows in readiness, never raised."""
+        try:
+            batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+            batch = await consumer.getmany(timeout_ms=100)
+        except OffsetOutOfRangeError as exc:
+            await self._offsets_went_back(consumer, exc)
+            return {}
+        except KafkaError as exc:
+            self._health.error(component, bound_error(repr(exc)))
+            log.warning("fetch failed; retrying", component=component, error=repr(exc))
+            await asyncio.sleep(0.5)
+            return {}
+        self._health.beat(component)
+        return batch
+
+    async def _offsets_went_back(
+        self, consumer: AIOKafkaConsumer, exc: OffsetOutOfRangeError
+    ) -> None:
+        parts = [tp for tp in (exc.args[0] if exc.args else {}) if isinstance(tp, TopicPartition)]
+        parts = parts or list(consumer.assignment())
+        starts = await consumer.beginning_offsets(parts)
+        ends = await consumer.end_offsets(parts)
+        for tp in parts:
+            ours = self.positions.get((tp.topic, tp.partition))
+            if ours is not None and starts[tp] <= ours <= ends[tp]:
+                continue  # not this one
+            log.error(
+                "stored position is outside the partition: the topic was recreated or truncated;"
+                " resuming from its earliest offset (events are idempotent, nothing new skipped)",
+                topic=tp.topic, partition=tp.partition, position=ours, log_start=starts[tp],
+                log_end=ends[tp],
+            )  # fmt: skip
+            self._metrics.offset_resets.labels(tp.topic).inc()
+            consumer.seek(tp, starts[tp])
+            self.positions[(tp.topic, tp.partition)] = starts[tp]
+            self._writer.offset_reset(tp.topic, tp.partition, starts[tp])
+
     async def run_control(self) -> None:
         assert self.control is not None
         while not self._stopping.is_set():
-            batch = await self.control.getmany(timeout_ms=100)
+            batch = await self._fetch(self.control, "intake-control")
             for msgs in batch.values():
                 for msg in msgs:
                     await self._control_message(msg)
                     self.positions[(msg.topic, msg.partition)] = msg.offset + 1
+                    self._health.beat("intake-control")
                     if self._stopping.is_set():
-                        break  # the rest is re-read from the stored offset next time
+                        return  # the rest is re-read from the stored offset next time
 
     async def _control_message(self, msg: ConsumerRecord[Any, Any]) -> None:
         consumed = time.time()
         kind = self._kind_of[msg.topic]
         self._metrics.consumed_by[kind].inc()
-        backoff = 0.1
-        while True:
-            try:
-                record = await decode_consumed(self._codecs[kind], msg)
-                if kind == "next-visit" and record.get("instrument") and not record.get("groupId"):
-                    raise InvalidEventError("next-visit for an observation has no groupId")
-                await self._handlers[kind](record, msg.topic, msg.partition, msg.offset, consumed)
-                return
-            except EventError as exc:
-                if exc.retriable and not self._stopping.is_set():
-                    log.warning("retrying event", error=str(exc), retry_in=backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                await self._dlq.send(msg, kind, exc)
-                self._writer.offset(msg.topic, msg.partition, msg.offset + 1)
-                return
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-                if self._stopping.is_set():
-                    raise
-                log.error("database error handling event; retrying", error=repr(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+
+        async def handle() -> None:
+            record = await decode_consumed(self._codecs[kind], msg)
+            if kind == "next-visit":
+                nv = limits.next_visit(record)
+                await self._d.on_next_visit(
+                    nv, record, msg.topic, msg.partition, msg.offset, consumed
+                )
+            else:
+                group = limits.cancel_group(record)
+                await self._d.on_canceled(group, msg.topic, msg.partition, msg.offset, consumed)
+
+        await self._guarded(msg, kind, "intake-control", handle)
 
     async def run_images(self) -> None:
         assert self.images is not None
         while not self._stopping.is_set():
-            batch = await self.images.getmany(timeout_ms=100)
+            batch = await self._fetch(self.images, "intake-images")
             for msgs in batch.values():
                 for msg in msgs:
                     await self._image_message(msg)
@@ -221,19 +302,60 @@ class Intake:
     async def _image_message(self, msg: ConsumerRecord[Any, Any]) -> None:
         consumed = time.time()
         self._metrics.consumed_by["image-arrival"].inc()
-        try:
+
+        async def handle() -> None:
             items = await decode_image_message(self._codecs["image-arrival"], msg.value)
             for item in items:
                 arrival = item if isinstance(item, ImageArrival) else await self._resolve(item)
-                if not 0 <= arrival.snap < 31 or arrival.detector < 0 or not arrival.group_id:
-                    raise InvalidEventError(
-                        f"image-arrival with snap {arrival.snap}, detector {arrival.detector},"
-                        f" groupId {arrival.group_id!r}"
-                    )
-                await self._d.handle_image(arrival, consumed)
-        except EventError as exc:
-            exc.at(topic=msg.topic, partition=msg.partition, offset=msg.offset)
-            await self._dlq.send(msg, "image-arrival", exc)
+                await self._d.handle_image(limits.image_arrival(arrival), consumed)
+
+        await self._guarded(msg, "image-arrival", "intake-images", handle)
+
+    async def _guarded(
+        self,
+        msg: ConsumerRecord[Any, Any],
+        kind: str,
+        component: str,
+        handle: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Run ``handle`` for one event: dead-letter what can never succeed, retry what may."""
+        deadline = time.monotonic() + self._retry_for_s
+        backoff = 0.1
+        while True:
+            try:
+                await handle()
+                return
+            except EventError as exc:
+                if exc.retriable and time.monotonic() < deadline and not self._stopping.is_set():
+                    problem: BaseException = exc
+                else:
+                    exc.at(topic=msg.topic, partition=msg.partition, offset=msg.offset)
+                    await self._dead_letter(msg, kind, exc)
+                    return
+            except DB_ERRORS as exc:
+                if not is_transient(exc):
+                    refused = RejectedError(
+                        f"the database refused what this event would write: {bound_error(exc)}",
+                        kind=kind,
+                    ).at(topic=msg.topic, partition=msg.partition, offset=msg.offset)
+                    await self._dead_letter(msg, kind, refused)
+                    return
+                if time.monotonic() > deadline or self._stopping.is_set():
+                    raise DependencyError(
+                        f"database unreachable for {self._retry_for_s:.0f} s handling {kind}"
+                        f" at {msg.topic}[{msg.partition}]@{msg.offset}: {exc!r}"
+                    ) from exc
+                problem = exc
+            self._health.error(component, bound_error(repr(problem)))
+            log.warning("retrying event", kind=kind, error=bound_error(repr(problem)),
+                        retry_in=backoff)  # fmt: skip
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _dead_letter(self, msg: ConsumerRecord[Any, Any], kind: str, exc: EventError) -> None:
+        await self._dlq.send(msg, kind, exc)
+        if kind != "image-arrival":  # the image loop stores its offsets per batch
+            self._writer.offset(msg.topic, msg.partition, msg.offset + 1)
 
     async def _resolve(self, raw: RawObject) -> ImageArrival:
         if self._resolver is None:

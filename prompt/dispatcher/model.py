@@ -27,6 +27,9 @@ class JobState(enum.StrEnum):
     CANCELED = "canceled"
 
 
+VisitKey = tuple[str, str]
+"""(instrument, group id)."""
+
 TERMINAL = frozenset(
     {JobState.FINISHED, JobState.FAILED, JobState.LATE, JobState.EXPIRED, JobState.CANCELED}
 )
@@ -44,9 +47,10 @@ class Job:
     attempt: int = 0
     pilot_id: str | None = None
     snaps_mask: int = 0
-    image_uri: str | None = None
-    uris: list[str] = field(default_factory=list)
-    obs_ids: set[str] = field(default_factory=set)
+    snap_uris: dict[int, str] = field(default_factory=dict)
+    """Raw URI per snap number, as the images arrived (persisted: a restart keeps them)."""
+    snap_obs_ids: dict[int, str] = field(default_factory=dict)
+    """Exposure id per snap number."""
     cache_hit: bool | None = None
     error: str | None = None
     deadline: float | None = None
@@ -73,6 +77,21 @@ class Job:
 
     def snaps_complete(self) -> bool:
         return self.snaps_mask.bit_count() >= self.visit.snaps_expected
+
+    @property
+    def uris(self) -> list[str]:
+        """The raws of every snap that arrived, in snap order."""
+        return [self.snap_uris[s] for s in sorted(self.snap_uris)]
+
+    @property
+    def image_uri(self) -> str | None:
+        """The first snap's raw."""
+        return self.snap_uris[min(self.snap_uris)] if self.snap_uris else None
+
+    @property
+    def obs_id(self) -> str:
+        """The visit's exposure id: that of its first snap."""
+        return self.snap_obs_ids[min(self.snap_obs_ids)] if self.snap_obs_ids else ""
 
 
 @dataclass(eq=False, slots=True)
@@ -111,8 +130,8 @@ def _day_obs(group_id: str, fallback: float) -> int:
     match = _ISO_PREFIX.match(group_id)
     try:
         t = dt.datetime.fromisoformat(match.group(0)) if match else None
-    except ValueError:
-        t = None
-    if t is None:
-        t = dt.datetime.fromtimestamp(fallback, dt.UTC).replace(tzinfo=None)
-    return int((t - dt.timedelta(hours=12)).strftime("%Y%m%d"))
+        if t is None:
+            t = dt.datetime.fromtimestamp(fallback, dt.UTC).replace(tzinfo=None)
+        return int((t - dt.timedelta(hours=12)).strftime("%Y%m%d"))
+    except (ValueError, OverflowError, OSError):
+        return 0  # no plausible date: the payload gets day_obs 0 rather than a crash

@@ -50,5 +50,5 @@ def operator_snapshot(d: Dispatcher) -> dict[str, Any]:
         "pilots": pilots,
         "problems": list(reversed(d.problems))[:30],
         "ready_queue": len(d._ready),
-        "held_images": sum(len(v) for v in d.held.values()),
+        "held_images": len(d.held),
     }

@@ -1,22 +1,34 @@
 """Completion events: written to the outbox in the transaction that ends the job, published
 after commit, deleted once the broker has them.
 
-After a crash the outbox may hold events that were in fact published. Recovery reads the
-completion topic from the last checkpoint and skips job ids already there, so every job's
-completion appears on the topic exactly once.
+Exactly once on the topic, whatever fails:
+- a completion the broker acknowledged is never sent again: if deleting its outbox row fails
+  (the database restarts), only the delete is retried;
+- a send that failed ambiguously (a timeout, the connection dropping: the broker may or may
+  not have it) is not blindly repeated: the topic is read from the checkpoint first, as
+  recovery does, and what is already there counts as published;
+- after a crash, recovery reads the completion topic from the last checkpoint and skips job
+  ids already there.
+The checkpoint (the topic offset up to which every completion's outbox row is gone) moves in
+the same transaction as the deletes, so it never passes a completion whose row is still there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from prompt.dispatcher.leadership import Fence
 from prompt.dispatcher.writer import OFFSET_UPSERT
+from prompt.kafka import broker_retriable
+from prompt.store.errors import DB_ERRORS, is_transient
 
 log = structlog.get_logger(__name__)
 
@@ -29,33 +41,55 @@ class CompletionPublisher:
     def __init__(
         self,
         pool: asyncpg.Pool,
+        fence: Fence,
         producer: AIOKafkaProducer,
         topic: str,
         checkpoint_name: str,
+        consumer_options: dict[str, Any],
         *,
         on_published: Callable[[int], None] | None = None,
     ) -> None:
         self._pool = pool
+        self._fence = fence
         self._producer = producer
         self._topic = topic
         self._checkpoint = checkpoint_name
+        self._consumer_options = consumer_options
         self._pending: dict[int, bytes] = {}
+        """Committed completions not known to be on the topic."""
+        self._acked: set[int] = set()
+        """On the topic; their outbox rows still to delete."""
+        self._ends: dict[int, int] = {}
+        """Per partition, the topic offset after the newest acknowledged completion."""
+        self._checkpoints: dict[int, int] = {}
+        """Per partition, the stored checkpoint: where an ambiguity check starts reading."""
+        self._ambiguous = False
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._on_published = on_published
         self.published = 0
+        self.oldest: float | None = None
+        """Monotonic time since when completions have been waiting (None: none waits)."""
+        self.last_error: str | None = None
 
     def committed(self, outbox: dict[int, bytes]) -> None:
         self._pending.update(outbox)
+        if self.oldest is None:
+            self.oldest = time.monotonic()
         self._idle.clear()
         self._wake.set()
 
-    async def recover(self, consumer_options: dict[str, Any]) -> int:
+    def waiting_s(self) -> float | None:
+        return None if self.oldest is None else time.monotonic() - self.oldest
+
+    # ---- start-up ---------------------------------------------------------------------------
+
+    async def recover(self) -> int:
         """Load unpublished completions; drop those the topic already holds. Returns #pending."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch("SELECT job_id, value FROM completion_outbox")
-            checkpoints = {
+            self._checkpoints = {
                 r["partition"]: r["next_offset"]
                 for r in await conn.fetch(
                     "SELECT partition, next_offset FROM consumer_offsets"
@@ -67,10 +101,10 @@ class CompletionPublisher:
         if not rows:
             return 0
         outbox = {r["job_id"]: bytes(r["value"]) for r in rows}
-        already = await self._published_since(consumer_options, checkpoints)
+        already = await self._published_since()
         dup = [job for job in outbox if job in already]
         if dup:
-            async with self._pool.acquire() as conn:
+            async with self._fence.transaction(self._pool) as conn:
                 await conn.execute(
                     "DELETE FROM completion_outbox WHERE job_id = ANY($1::bigint[])", dup
                 )
@@ -81,22 +115,21 @@ class CompletionPublisher:
             self.committed(outbox)
         return len(outbox)
 
-    async def _published_since(
-        self, options: dict[str, Any], checkpoints: dict[int, int]
-    ) -> set[int]:
-        consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
+    async def _published_since(self) -> dict[int, tuple[int, int]]:
+        """Job id -> (partition, offset) of every completion on the topic after the checkpoint."""
+        consumer = AIOKafkaConsumer(**self._consumer_options, enable_auto_commit=False)
         await consumer.start()
         try:
             parts = consumer.partitions_for_topic(self._topic) or set()
             tps = [TopicPartition(self._topic, p) for p in parts]
             if not tps:
-                return set()
+                return {}
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
-            seen: set[int] = set()
+            seen: dict[int, tuple[int, int]] = {}
             for tp in tps:
-                consumer.seek(tp, checkpoints.get(tp.partition, 0))
-            remaining = {tp for tp in tps if ends[tp] > checkpoints.get(tp.partition, 0)}
+                consumer.seek(tp, self._checkpoints.get(tp.partition, 0))
+            remaining = {tp for tp in tps if ends[tp] > self._checkpoints.get(tp.partition, 0)}
             while remaining:
                 batch = await consumer.getmany(*remaining, timeout_ms=1000)
                 if not batch:
@@ -104,55 +137,97 @@ class CompletionPublisher:
                 for tp, msgs in batch.items():
                     for msg in msgs:
                         if msg.key:
-                            seen.add(int(msg.key))
+                            seen[int(msg.key)] = (tp.partition, msg.offset)
                     if msgs and msgs[-1].offset + 1 >= ends[tp]:
                         remaining.discard(tp)
             return seen
         finally:
             await consumer.stop()
 
+    # ---- publishing -------------------------------------------------------------------------
+
     async def run(self) -> None:
+        backoff = 0.1
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self._pending:
-                self._idle.set()
-                continue
-            batch = dict(self._pending)
             try:
-                await self._publish(batch)
-            except Exception as exc:
-                log.error("publishing completions failed; retrying", error=repr(exc))
-                await asyncio.sleep(0.5)
+                if self._ambiguous:
+                    self._confirm(await self._published_since())
+                    self._ambiguous = False
+                if self._pending:
+                    await self._send(dict(self._pending))
+                if self._acked:
+                    await self._delete()
+                backoff = 0.1
+                self.last_error = None
+            except (KafkaError, *DB_ERRORS) as exc:
+                if isinstance(exc, KafkaError) and not broker_retriable(exc):
+                    raise
+                if not isinstance(exc, KafkaError) and not is_transient(exc):
+                    raise
+                self.last_error = repr(exc)
+                log.error("publishing completions failed; retrying", error=repr(exc),
+                          retry_in=backoff, unsent=len(self._pending),
+                          unconfirmed_deletes=len(self._acked))  # fmt: skip
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            if self._pending or self._acked or self._ambiguous:
                 self._wake.set()
-                continue
-            for job in batch:
-                self._pending.pop(job, None)
-            if not self._pending:
-                self._idle.set()
             else:
-                self._wake.set()
+                self.oldest = None
+                self._idle.set()
 
-    async def _publish(self, batch: dict[int, bytes]) -> None:
-        futures = [
-            await self._producer.send(self._topic, value, key=completion_key(job))
+    def _confirm(self, on_topic: dict[int, tuple[int, int]]) -> None:
+        for job, (partition, offset) in on_topic.items():
+            if self._pending.pop(job, None) is not None:
+                self._mark_acked(job, partition, offset)
+
+    def _mark_acked(self, job: int, partition: int, offset: int) -> None:
+        self._acked.add(job)
+        self._ends[partition] = max(self._ends.get(partition, 0), offset + 1)
+
+    async def _send(self, batch: dict[int, bytes]) -> None:
+        futures = {
+            job: await self._producer.send(self._topic, value, key=completion_key(job))
             for job, value in batch.items()
-        ]
-        metas = await asyncio.gather(*futures)
-        ends: dict[int, int] = {}
-        for meta in metas:
-            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
-        async with self._pool.acquire() as conn, conn.transaction():
+        }
+        failure: BaseException | None = None
+        for job, future in futures.items():
+            try:
+                meta = await future
+            except MessageSizeTooLargeError as exc:
+                # Completions are cut to fit Kafka's default limit; a broker set lower than
+                # that refuses this one for good. The job's outcome stays in the jobs table.
+                log.error("completion refused by the broker for its size; dropped", job=job,
+                          bytes=len(batch[job]), error=repr(exc))  # fmt: skip
+                self._pending.pop(job, None)
+                self._acked.add(job)
+                continue
+            except KafkaError as exc:
+                failure = failure or exc
+                continue
+            self._pending.pop(job, None)
+            self._mark_acked(job, meta.partition, meta.offset)
+        if failure is not None:
+            self._ambiguous = True  # some may be on the topic: look before sending again
+            raise failure
+
+    async def _delete(self) -> None:
+        done = sorted(self._acked)
+        async with self._fence.transaction(self._pool) as conn:
             await conn.execute(
-                "DELETE FROM completion_outbox WHERE job_id = ANY($1::bigint[])", list(batch)
+                "DELETE FROM completion_outbox WHERE job_id = ANY($1::bigint[])", done
             )
             await conn.executemany(
                 OFFSET_UPSERT,
-                [(self._checkpoint, self._topic, part, off) for part, off in ends.items()],
+                [(self._checkpoint, self._topic, part, off) for part, off in self._ends.items()],
             )
-        self.published += len(batch)
+        self._checkpoints.update(self._ends)
+        self._acked.difference_update(done)
+        self.published += len(done)
         if self._on_published is not None:
-            self._on_published(len(batch))
+            self._on_published(len(done))
 
     async def flush(self, timeout_s: float = 10.0) -> None:
         await asyncio.wait_for(self._idle.wait(), timeout_s)

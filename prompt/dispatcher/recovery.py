@@ -13,10 +13,14 @@ import structlog
 from prompt.dispatcher.core import CLOSED_MEMORY, Dispatcher
 from prompt.dispatcher.model import ON_PILOT, Job, JobState, Visit
 from prompt.dispatcher.pilots import PilotSession
-from prompt.events import ImageArrival, NextVisit
+from prompt.events import EventError, ImageArrival, limits
 from prompt.tasks import Task, load_task
 
 log = structlog.get_logger(__name__)
+
+
+def _by_snap(values: list[str | None] | None) -> dict[int, str]:
+    return {snap: v for snap, v in enumerate(values or []) if v is not None}
 
 
 def _job(row: asyncpg.Record, visit: Visit) -> Job:
@@ -29,8 +33,8 @@ def _job(row: asyncpg.Record, visit: Visit) -> Job:
         attempt=row["attempt"],
         pilot_id=row["pilot_id"],
         snaps_mask=row["snaps_mask"],
-        image_uri=row["image_uri"],
-        uris=[row["image_uri"]] if row["image_uri"] else [],
+        snap_uris=_by_snap(row["snap_uris"]),
+        snap_obs_ids=_by_snap(row["snap_obs_ids"]),
         cache_hit=row["cache_hit"],
         error=row["error"],
         deadline=row["deadline"],
@@ -56,11 +60,20 @@ async def recover_state(d: Dispatcher, conn: asyncpg.Connection) -> dict[str, An
         if task is None:
             continue
         tasks[task.id] = task
-        nv = NextVisit.from_record(row["next_visit"])
+        try:
+            nv = limits.next_visit(row["next_visit"])
+        except (EventError, KeyError, TypeError) as exc:
+            # Stored before records were checked: keep it out of memory rather than crash
+            # every restart on it.
+            log.error("visit left out of recovery: its stored next-visit is unusable",
+                      visit=row["id"], group=row["group_id"][:128], error=str(exc))  # fmt: skip
+            d.writer.visit_status(row["id"], "ignored")
+            continue
         by_id[row["id"]] = Visit(row["id"], nv, task, row["received_at"], row["expires_at"])
     jobs = await conn.fetch(
         "SELECT * FROM jobs WHERE visit_id = ANY($1::bigint[]) ORDER BY id", list(by_id)
     )
+    jobs = [row for row in jobs if row["visit_id"] in by_id]
     mono = time.monotonic()
     on_pilots = ready = 0
     for row in jobs:
@@ -100,13 +113,13 @@ async def recover_state(d: Dispatcher, conn: asyncpg.Connection) -> dict[str, An
         d.visits[visit.key] = visit
         heapq.heappush(d._expiry, (visit.expires_at, next(d._seq), visit.key))
     closed = await conn.fetch(
-        "SELECT instrument, group_id, status FROM visits WHERE status <> 'active'"
+        "SELECT instrument, group_id, status, received_at FROM visits WHERE status <> 'active'"
         " ORDER BY id DESC LIMIT $1",
         CLOSED_MEMORY,
     )
     for row in reversed(closed):
         if row["instrument"] == "*":
-            d.canceled_groups.add(row["group_id"])
+            d._remember_canceled(row["group_id"], row["received_at"])
         else:
             d._close_key((row["instrument"], row["group_id"]), row["status"])
     held = await conn.fetch("SELECT * FROM held_images ORDER BY consumed_at")
@@ -115,16 +128,22 @@ async def recover_state(d: Dispatcher, conn: asyncpg.Connection) -> dict[str, An
             row["instrument"], row["group_id"], row["snap"], row["detector"], row["uri"],
             event_time=row["event_time"],
         )  # fmt: skip
-        d.on_image(arrival, row["consumed_at"])
+        try:
+            d.on_image(limits.image_arrival(arrival), row["consumed_at"])
+        except EventError as exc:
+            log.error("held image left out of recovery", group=row["group_id"][:128],
+                      detector=row["detector"], error=str(exc))  # fmt: skip
     # Rows whose visit exists by now (written behind after its resurrection) were just applied
     # or recognised as duplicates; keep only those still waiting for their next-visit.
-    await conn.execute(
-        """DELETE FROM held_images h WHERE NOT EXISTS (
-               SELECT 1 FROM unnest($1::text[], $2::text[]) AS w(instrument, group_id)
-               WHERE w.instrument = h.instrument AND w.group_id = h.group_id)""",
-        [k[0] for k in d.held],
-        [k[1] for k in d.held],
-    )
+    waiting = d.held.keys()
+    async with d.fence.transaction(d.pool) as tx:
+        await tx.execute(
+            """DELETE FROM held_images h WHERE NOT EXISTS (
+                   SELECT 1 FROM unnest($1::text[], $2::text[]) AS w(instrument, group_id)
+                   WHERE w.instrument = h.instrument AND w.group_id = h.group_id)""",
+            [k[0] for k in waiting],
+            [k[1] for k in waiting],
+        )
     summary = {
         "visits": len(d.visits),
         "open_jobs": len(d.jobs),

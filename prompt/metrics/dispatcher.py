@@ -10,7 +10,9 @@ E2E_BUCKETS_S = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 JOB_STATUSES = ("finished", "failed", "late", "expired", "canceled")
 EVENT_KINDS = ("next-visit", "next-visit-canceled", "image-arrival")
 # Known label sets, exported as 0 from the start so rules and dashboards see zeros, not gaps.
-DEAD_LETTER_REASONS = ("framing", "unknown_schema", "payload", "notification", "invalid")
+DEAD_LETTER_REASONS = (
+    "framing", "unknown_schema", "payload", "notification", "invalid", "rejected", "held_full",
+)  # fmt: skip
 IGNORED = {
     "next-visit": ("duplicate", "no_task", "stale", "not_observation", "canceled"),
     "image-arrival": ("duplicate", "visit_closed", "detector_not_in_task", "next_visit_never_came"),
@@ -71,6 +73,32 @@ class DispatcherMetrics:
             "prompt_preload_total", "preload hints by cache outcome", ["outcome"], registry=r
         )
         self.pilots_lost = Counter("prompt_pilots_lost_total", "pilots declared lost", registry=r)
+        self.dead_letter_failures = Counter(
+            "prompt_dead_letter_failures_total",
+            "dead letters the broker did not take in time (the event stays in its source topic)",
+            registry=r,
+        )
+        self.rows_rejected = Counter(
+            "prompt_state_rows_rejected_total",
+            "state rows the database refused for their values (stored without them)",
+            ["table"],
+            registry=r,
+        )
+        self.offset_resets = Counter(
+            "prompt_offset_resets_total",
+            "partitions whose stored position was past the end of the log (topic recreated or"
+            " truncated): resumed from the earliest offset",
+            ["topic"],
+            registry=r,
+        )
+        self.terms = Counter(
+            "prompt_leader_terms_total", "times this process became the leader", registry=r
+        )
+        self.leadership_lost = Counter(
+            "prompt_leadership_lost_total",
+            "terms that ended because the lock or the fence was lost",
+            registry=r,
+        )
         # Children used per event, made once.
         self.consumed_by = {k: self.consumed.labels(k) for k in EVENT_KINDS}
         self.jobs_by = {s: self.jobs.labels(s) for s in JOB_STATUSES}

@@ -5,28 +5,48 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from prompt.dispatcher.core import Dispatcher
+    from prompt.dispatcher.health import Health
+    from prompt.dispatcher.http import TermView
 
 OPEN_STATES = ("defined", "assigned", "preloading", "ready", "sent", "running")
 BUDGET_STATES = frozenset({"ready", "sent", "running"})
 
 
 class DispatcherStateCollector(Collector):
-    def __init__(
-        self, dispatcher: Dispatcher, lag: Callable[[], dict[tuple[str, int], int]]
-    ) -> None:
-        self._d = dispatcher
-        self._lag = lag
+    def __init__(self, view: TermView, health: Health) -> None:
+        self._view = view
+        self._health = health
 
     def collect(self) -> Iterable[Any]:
-        d = self._d
+        health = self._health
+        readiness = health.readiness()
+        yield GaugeMetricFamily(
+            "prompt_ready", "1 if this dispatcher is ready (leading, nothing stalled)",
+            value=1 if readiness["ready"] else 0,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "prompt_leader", "1 if this process holds the leader lock", value=1 if
+            health.role == "leader" else 0,
+        )  # fmt: skip
+        ages = GaugeMetricFamily(
+            "prompt_component_progress_age_seconds",
+            "seconds since each part of the leader last made progress (0: nothing outstanding)",
+            labels=["component"],
+        )
+        for component, age in sorted(health.ages().items()):
+            ages.add_metric([component], age)
+        yield ages
+        running = self._view.running
+        if running is None:
+            return
+        d = running.dispatcher
         states = Counter(job.state.value for job in d.jobs.values())
         jobs = GaugeMetricFamily("prompt_jobs", "open jobs by state", labels=["state"])
         for state in OPEN_STATES:
@@ -39,7 +59,7 @@ class DispatcherStateCollector(Collector):
         yield GaugeMetricFamily(
             "prompt_held_images",
             "image arrivals waiting for their next-visit",
-            value=sum(len(v) for v in d.held.values()),
+            value=len(d.held),
         )
         pilots = [p for p in d.pilots.pilots.values() if p.connected]
         yield GaugeMetricFamily(
@@ -71,6 +91,6 @@ class DispatcherStateCollector(Collector):
             "messages in the partition not yet consumed",
             labels=["topic", "partition"],
         )
-        for (topic, partition), value in sorted(self._lag().items()):
+        for (topic, partition), value in sorted(running.intake.lag().items()):
             lag.add_metric([topic, str(partition)], value)
         yield lag
