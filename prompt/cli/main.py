@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,14 +57,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: clean-up code runs (children stopped, stack down)."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings().with_overrides(
         state_dir=args.state_dir, log_format=args.log_format, log_level=args.log_level
     )
     configure_logging(settings.log_format, settings.log_level)
+    # A CI runner or `timeout` stops a command with SIGTERM; by default that kills Python at
+    # once and leaves a replay's dispatcher, pilots and stack running. Services (serve,
+    # pilot, dev) install their own handler for a graceful drain while their loop runs.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code: int = args.handler(args, settings)
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
     return code

@@ -19,8 +19,9 @@ from typing import Any
 
 import structlog
 
+from prompt.bounds import bound_counts, bound_log, bound_stages
 from prompt.channel import protocol as p
-from prompt.channel.protocol import Channel, Message, ProtocolError
+from prompt.channel.protocol import Channel, FrameTooLargeError, Message, ProtocolError
 from prompt.pilot.alerts import AlertPublisher
 from prompt.pilot.cache import CacheKey, CalibrationCache
 from prompt.pilot.calibrations import CalibrationSource
@@ -64,9 +65,14 @@ class PilotConfig:
     ssl_context: ssl.SSLContext | None = None
 
     @property
-    def host_port(self) -> tuple[str, int]:
-        host, _, port = self.dispatcher.rpartition(":")
-        return host or "127.0.0.1", int(port)
+    def addresses(self) -> list[tuple[str, int]]:
+        """``dispatcher`` is ``HOST:PORT`` or several, comma-separated: a hot standby does not
+        listen, so the pilot tries them in turn until the leader answers."""
+        out = []
+        for item in self.dispatcher.split(","):
+            host, _, port = item.strip().rpartition(":")
+            out.append((host or "127.0.0.1", int(port)))
+        return out
 
 
 class Pilot:
@@ -99,6 +105,7 @@ class Pilot:
         self.draining = False
         self.connected = asyncio.Event()
         self.jobs_run = 0
+        self._address = 0  # which of config.addresses to try next
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -143,7 +150,9 @@ class Pilot:
         return stop.is_set() and not self.running and not self.queued and not self.unacked
 
     async def _session(self, stop: asyncio.Event) -> None:
-        host, port = self.config.host_port
+        addresses = self.config.addresses
+        host, port = addresses[self._address % len(addresses)]
+        self._address += 1  # a failed session moves on to the next address
         reader, writer = await asyncio.open_connection(host, port, ssl=self.config.ssl_context)
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -158,7 +167,8 @@ class Pilot:
                 raise ProtocolError(f"expected welcome, got {reply['t']!r}")
             self.channel = channel
             self.connected.set()
-            log.info("registered with dispatcher", dispatcher=self.config.dispatcher)
+            self._address -= 1  # stay with the dispatcher that answered
+            log.info("registered with dispatcher", dispatcher=f"{host}:{port}")
             for msg in self.unacked.values():
                 channel.send(msg)
             # Either loop ending ends the session; the other is cancelled and awaited. (Not a
@@ -435,13 +445,15 @@ class Pilot:
                             "calib_loads": sum(io.loads.values()) - template}  # fmt: skip
         if io.preload_s is not None:
             result["stages"] = {**result.get("stages", {}), "preload": io.preload_s}
-        finished = {
+        finished = _fitting({
             "t": p.FINISHED,
             "job": msg["job"],
             "attempt": msg["attempt"],
             "cache_hit": cache_hit,
             **result,
-        }
+            "counts": bound_counts(result.get("counts")),
+            "stages": bound_stages(result.get("stages")),
+        })  # fmt: skip
         self.unacked[(msg["job"], msg["attempt"])] = finished
         if not result.get("ok"):
             fields = msg.get("fields", {})
@@ -452,6 +464,23 @@ class Pilot:
         if self.channel is not None:
             with contextlib.suppress(ConnectionError):
                 self.channel.send(finished)
+
+
+def _fitting(finished: Message) -> Message:
+    """A result that fits in one frame: its log cut first, then, if it still does not fit,
+    replaced by a failure saying so (a frame the dispatcher refuses would be lost)."""
+    try:
+        p.encode(finished)
+        return finished
+    except FrameTooLargeError as exc:
+        cut = {**finished, "log": bound_log(finished.get("log", ""))[-4096:]}
+        try:
+            p.encode(cut)
+            return cut
+        except FrameTooLargeError:
+            now = time.time()
+            return {**finished, **_failure(f"the job's result cannot be reported: {exc}"),
+                    "started": finished.get("started", now)}  # fmt: skip
 
 
 def _failure(error: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-LOG_LIMIT = 64 * 1024
+from prompt.bounds import LOG_LIMIT, bound_error, bound_log
 
 
 class PayloadFailed(Exception):
@@ -165,7 +165,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             if isinstance(out, dict):
                 ctx.counts.update(out.get("counts", {}))
                 ctx.stages.update(out.get("stages", {}))
-                log = str(out.get("log", ""))[-LOG_LIMIT:]
+                log = str(out.get("log", ""))
                 alerts = list(out.get("alerts", []))
         elif kind == "argv":
             log = run_argv(ctx, payload, float(job.get("timeout_s", 600.0)))
@@ -180,11 +180,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         ctx.close()
     return {
         "ok": error is None,
-        "error": error,
+        "error": None if error is None else bound_error(error),
         "started": started,
         "finished": time.time(),
         "counts": ctx.counts,
         "stages": ctx.stages,
-        "log": log,
+        "log": bound_log(log),
         "alerts": alerts if error is None else [],
     }
