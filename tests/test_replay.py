@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 from collections import Counter
@@ -115,3 +116,46 @@ def test_alert_replay_from_the_command_line(prompt_stack: Endpoints, tmp_path: P
     loads = list(summary["store_loads_by_visit"].values())
     assert [v["calib_loads"] for v in loads] == [8 * 3, 0]
     assert "recall (S/N >= 10)" in proc.stdout.decode()
+
+
+def test_sigterm_stops_a_replay_and_everything_it_started(tmp_path: Path) -> None:
+    """As `timeout` or a CI runner stops it: the replay's dispatcher, pilots, broker and
+    database are stopped too, none is left reparented to init."""
+    import os
+    import signal
+    import sys
+    import time
+
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPT_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prompt", "--state-dir", str(tmp_path / "stack"), "replay",
+         "--visits", "20", "--speed", "20", "--detectors", "0-3", "--quiet",
+         "--out", str(tmp_path / "out")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    parent = psutil.Process(proc.pid)
+    family: list[psutil.Process] = []
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:  # until the dispatcher and both pilots run
+            family = parent.children(recursive=True)
+            lines = [" ".join(p.cmdline()) for p in family if p.is_running()]
+            if sum(" pilot " in c for c in lines) >= 2 and any(" serve" in c for c in lines):
+                break
+            assert proc.poll() is None, "the replay ended before it was stopped"
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the replay's service never came up")
+        family = parent.children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 128 + signal.SIGTERM
+        _gone, alive = psutil.wait_procs(family, timeout=30)
+        assert not alive, [" ".join(p.cmdline()) for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
