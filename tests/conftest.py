@@ -1,12 +1,19 @@
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from prompt.events import NextVisit
 
 pytest_plugins = ["prompt.testing"]
+
+# Property tests: a bounded run in `make test`; HYPOTHESIS_PROFILE=long for the long one.
+settings.register_profile("ci", max_examples=100, derandomize=False)
+settings.register_profile("long", max_examples=20_000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def make_next_visit(i: int = 0, **changes: Any) -> dict[str, Any]:
