@@ -23,6 +23,7 @@ from prompt.cluster import (
 from prompt.config import Settings
 from prompt.dispatcher.model import JobState
 from prompt.store import connect
+from prompt.tasks.spec import Selectors
 from tests.env import dispatcher_env, group_id, served, service_settings
 
 pytestmark = pytest.mark.stack
@@ -176,3 +177,46 @@ async def test_recovery_applies_held_rows_and_keeps_only_those_still_waiting(
         assert [r["group_id"] for r in rows] == ["not-yet-announced"]
     finally:
         await conn.close()
+
+
+async def test_images_waiting_in_the_topic_during_an_outage_are_not_expired(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    """The dispatcher is down while a visit's images land and its expiry time passes. On its
+    return it first waits for a pilot that held a job (up to the heartbeat timeout) before it
+    reads images: nothing may be expired in that time, since the images are in the topic."""
+    settings = service_settings(isolated_settings, heartbeat_timeout_s=4.0)
+    tasks = sleep_task_file(mean_s=0.05, detectors="0-19", image_timeout_s=0.5)
+    long_job = sleep_task_file(mean_s=5.0, detectors="0", name="long", max_attempts=3)
+    selected = long_job.tasks[0].model_copy(update={"selectors": Selectors(filters=["g"])})
+    tasks.tasks.insert(0, selected)
+    await apply_task_file(settings, tasks)
+    async with (
+        served(settings, tmp_path, pilots=2) as env,
+        EventSender(settings) as sender,
+        CompletionCollector(settings) as completions,
+    ):
+        holder = next_visit_for(group_id("holder"), start_utc=time.time(), filters="g_6")
+        await sender.next_visit(holder)
+        await sender.images(image_arrivals(holder, range(1)))
+        nv = next_visit_for(group_id("outage"), start_utc=time.time(), duration=0.2)
+        await sender.next_visit(nv)
+        conn = await connect(settings.database_url or "")
+        try:
+            async with asyncio.timeout(20):
+                while (
+                    await conn.fetchval("SELECT count(*) FROM jobs WHERE state = 'running'") < 1
+                    or await conn.fetchval("SELECT count(*) FROM jobs") < 21
+                ):
+                    await asyncio.sleep(0.05)
+            pilot_id = await conn.fetchval("SELECT pilot_id FROM jobs WHERE state = 'running'")
+        finally:
+            await conn.close()
+        env.stop("sigkill")
+        next(p for p in env.pilots if p.pilot_id == pilot_id).kill()
+        await sender.images(image_arrivals(nv, range(20)))
+        await asyncio.sleep(1.5)  # the visit's expiry time (start + 2 x 0.2 + 0.5 s) passes
+        await env.start()
+        await completions.wait_for(20, timeout=60)
+        records = completions.for_group(nv.group_id)
+        assert Counter(r["status"] for r in records) == {"finished": 20}

@@ -753,9 +753,13 @@ class Dispatcher:
 
     # ---- periodic ---------------------------------------------------------------------------
 
-    def sweep(self, now: float | None = None) -> None:
+    def sweep(self, now: float | None = None, *, images_read: bool = True) -> None:
         """Expire visits whose images never came, declare silent pilots lost, drop stale held
-        images, and hand ready jobs to pilots with room."""
+        images, and hand ready jobs to pilots with room.
+
+        ``images_read``: the image intake has read everything the broker holds. Only then can
+        an image be said never to have arrived: after an outage the images of a visit may
+        wait, unread, in the topic past its expiry time."""
         wall = time.time() if now is None else now
         mono = time.monotonic()
         timeout = self.config.heartbeat_timeout_s
@@ -768,7 +772,7 @@ class Dispatcher:
                 and mono - pilot.disconnected_at > timeout
             ):
                 self._pilot_lost(pilot, f"did not reconnect within {timeout:.1f} s")
-        while self._expiry and self._expiry[0][0] <= wall:
+        while images_read and self._expiry and self._expiry[0][0] <= wall:
             _, _, key = heapq.heappop(self._expiry)
             visit = self.visits.get(key)
             if visit is None:

@@ -195,6 +195,17 @@ class Intake:
                     out[(tp.topic, tp.partition)] = max(0, high - position)
         return out
 
+    def images_read(self) -> bool:
+        """Whether the image intake has read all the broker held at its last fetch (never
+        before its first fetch answered)."""
+        if self.images is None:
+            return False
+        for tp in self.images.assignment():
+            high = self.images.highwater(tp)
+            if high is None or self.positions.get((tp.topic, tp.partition), 0) < high:
+                return False
+        return True
+
     def _since_fetch(self) -> float | None:
         """Seconds since the broker last answered a fetch of every assigned partition."""
         oldest: float | None = None

@@ -158,7 +158,9 @@ async def run_term(
             background = [
                 tg.create_task(writer.run(), name="state-writer"),
                 tg.create_task(publisher.run(), name="completion-publisher"),
-                tg.create_task(_sweeper(dispatcher, config.sweep_interval_s), name="sweeper"),
+                tg.create_task(
+                    _sweeper(dispatcher, intake, config.sweep_interval_s), name="sweeper"
+                ),
                 tg.create_task(leadership.watch(), name="leader-lock-watch"),
                 tg.create_task(_until_lost(leadership), name="leadership"),
             ]
@@ -217,10 +219,10 @@ async def _until_lost(leadership: Leadership) -> None:
     raise LeadershipLostError(leadership.why_lost)
 
 
-async def _sweeper(d: Dispatcher, interval: float) -> None:
+async def _sweeper(d: Dispatcher, intake: Intake, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
-        d.sweep()
+        d.sweep(images_read=intake.images_read())
 
 
 async def _wait_for_pilots(d: Dispatcher, grace: float, stop: asyncio.Event) -> None:
