@@ -201,13 +201,14 @@ def start_dispatcher(
     log_dir: Path,
     pilot_port: int | None = None,
     http_port: int | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> ServiceProcess:
     """A ``prompt serve`` process (ports fixed by the caller to restart one in place)."""
     from prompt.stack.processes import free_port
 
     pilot_port = pilot_port or free_port()
     http_port = http_port or free_port()
-    env = settings_env(settings)
+    env = {**settings_env(settings), **(extra_env or {})}
     env.update(PROMPT_PILOT_PORT=str(pilot_port), PROMPT_HTTP_PORT=str(http_port))
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "dispatcher.log"
@@ -233,10 +234,12 @@ def start_pilot(
     slots: int = 2,
     log_dir: Path,
     extra_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> PilotProcess:
     """A real ``prompt pilot`` process in its own process group (killable with its workers)."""
     assert settings.pilot_token is not None
-    env = settings_env(settings)  # the broker and alert topic too: pilots publish alerts
+    # The broker and alert topic too: pilots publish alerts.
+    env = {**settings_env(settings), **(extra_env or {})}
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{pilot_id}.log"
     with log.open("ab") as out:
