@@ -20,7 +20,14 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from prompt.config import Settings
-from prompt.events import AvroCodec, EventKind, ImageArrival, LocalSchemaRegistry, NextVisit
+from prompt.events import (
+    AvroCodec,
+    EventKind,
+    ImageArrival,
+    LocalSchemaRegistry,
+    NextVisit,
+    make_registry,
+)
 from prompt.kafka import aiokafka_options, consumer_options
 from prompt.stack import resolve_endpoints
 from prompt.store import connect
@@ -431,16 +438,21 @@ class CompletionCollector:
 
     async def _run(self) -> None:
         assert self._consumer is not None
-        codec = AvroCodec(EventKind.COMPLETION, LocalSchemaRegistry())
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=200)
-            for msgs in batch.values():
-                for msg in msgs:
-                    record = await codec.decode(msg.value)
-                    self.records.append(record)
-                    self.by_job.setdefault(record["jobId"], []).append(record)
-            if batch:
-                self._changed.set()
+        # The dispatcher's registry: with one configured, completions carry its ids.
+        registry = make_registry(self.settings.schema_registry_url)
+        codec = AvroCodec(EventKind.COMPLETION, registry)
+        try:
+            while True:
+                batch = await self._consumer.getmany(timeout_ms=200)
+                for msgs in batch.values():
+                    for msg in msgs:
+                        record = await codec.decode(msg.value)
+                        self.records.append(record)
+                        self.by_job.setdefault(record["jobId"], []).append(record)
+                if batch:
+                    self._changed.set()
+        finally:
+            await registry.close()
 
     async def wait_for(self, count: int, timeout: float = 60.0) -> None:
         """Until ``count`` distinct jobs have completed."""
