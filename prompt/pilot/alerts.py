@@ -18,6 +18,7 @@ import threading
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
+from confluent_kafka import KafkaException, Producer
 
 from prompt.config import Settings
 from prompt.kafka import confluent_config
@@ -47,41 +48,67 @@ class AlertDeliveryError(Exception):
         self.retriable = retriable
 
 
-class KafkaAlertPublisher:
-    """aiokafka's producer, on the pilot's event loop."""
+class _Publisher:
+    """One producer, opened on the first ``start`` (concurrent callers wait for it), closed on
+    ``stop``; subclasses say how to open, send and close."""
 
-    def __init__(self, options: dict[str, Any], topic: str) -> None:
+    def __init__(self, topic: str) -> None:
         self.topic = topic
-        self._options = options
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: Any = None
         self._lock = asyncio.Lock()
         self.published = 0
 
     async def start(self) -> None:
         async with self._lock:
-            if self._producer is not None:
-                return
-            producer = AIOKafkaProducer(
-                **self._options, acks="all", linger_ms=LINGER_MS, enable_idempotence=False,
-                max_request_size=MAX_REQUEST_BYTES, max_batch_size=BATCH_BYTES,
-                request_timeout_ms=int(DELIVERY_TIMEOUT_S * 1000),
-            )  # fmt: skip
-            await producer.start()
-            self._producer = producer
+            if self._producer is None:
+                self._producer = await self._open()
 
     async def publish(self, values: list[bytes]) -> None:
+        if not values:
+            return
         if self._producer is None:
             await self.start()
-        assert self._producer is not None
-        futures = [await self._producer.send(self.topic, value) for value in values]
-        await asyncio.gather(*futures)
+        await self._send(self._producer, values)
         self.published += len(values)
 
     async def stop(self) -> None:
         async with self._lock:
-            if self._producer is not None:
-                producer, self._producer = self._producer, None
-                await producer.stop()
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                await self._close(producer)
+
+    async def _open(self) -> Any:
+        raise NotImplementedError
+
+    async def _send(self, producer: Any, values: list[bytes]) -> None:
+        raise NotImplementedError
+
+    async def _close(self, producer: Any) -> None:
+        raise NotImplementedError
+
+
+class KafkaAlertPublisher(_Publisher):
+    """aiokafka's producer, on the pilot's event loop."""
+
+    def __init__(self, options: dict[str, Any], topic: str) -> None:
+        super().__init__(topic)
+        self._options = options
+
+    async def _open(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            **self._options, acks="all", linger_ms=LINGER_MS, enable_idempotence=False,
+            max_request_size=MAX_REQUEST_BYTES, max_batch_size=BATCH_BYTES,
+            request_timeout_ms=int(DELIVERY_TIMEOUT_S * 1000),
+        )  # fmt: skip
+        await producer.start()
+        return producer
+
+    async def _send(self, producer: AIOKafkaProducer, values: list[bytes]) -> None:
+        futures = [await producer.send(self.topic, value) for value in values]
+        await asyncio.gather(*futures)
+
+    async def _close(self, producer: AIOKafkaProducer) -> None:
+        await producer.stop()
 
 
 class _Batch:
@@ -112,7 +139,7 @@ class _Batch:
             self.future.set_exception(AlertDeliveryError(f"alert not delivered: {self.error}"))
 
 
-class ConfluentAlertPublisher:
+class ConfluentAlertPublisher(_Publisher):
     """librdkafka's producer. ``produce`` only queues the message (no I/O on the event loop);
     librdkafka's threads send it, and one thread of ours polls for delivery reports and wakes
     the loop once per ``publish`` call, not per message."""
@@ -120,7 +147,7 @@ class ConfluentAlertPublisher:
     def __init__(
         self, config: dict[str, Any], topic: str, *, timeout_s: float = DELIVERY_TIMEOUT_S
     ) -> None:
-        self.topic = topic
+        super().__init__(topic)
         self._timeout_s = timeout_s
         self._config = {
             **config,
@@ -131,36 +158,27 @@ class ConfluentAlertPublisher:
             "message.max.bytes": MAX_REQUEST_BYTES,
             "batch.size": BATCH_BYTES,
             "delivery.timeout.ms": int(timeout_s * 1000),
+            # librdkafka's own log lines go through logging (and so structlog), not stderr.
+            "logger": logging.getLogger("librdkafka"),
         }
-        self._producer: Any = None
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._lock = asyncio.Lock()
-        self.published = 0
 
-    async def start(self) -> None:
-        async with self._lock:
-            if self._producer is not None:
-                return
-            from confluent_kafka import Producer
+    async def _open(self) -> Producer:
+        producer = Producer(self._config)
+        problem = await self._unusable(producer)
+        if problem is not None:
+            await asyncio.to_thread(producer.close)
+            raise AlertDeliveryError(f"alert topic {self.topic}: {problem}")
+        self._stopping.clear()
+        self._poller = threading.Thread(
+            target=self._poll, args=(producer,), name="alert-delivery", daemon=True
+        )
+        self._poller.start()
+        return producer
 
-            # librdkafka's own log lines go through logging (and so structlog), not stderr.
-            producer = Producer({**self._config, "logger": logging.getLogger("librdkafka")})
-            problem = await self._unusable(producer)
-            if problem is not None:
-                await asyncio.to_thread(producer.close)
-                raise AlertDeliveryError(f"alert topic {self.topic}: {problem}")
-            self._stopping.clear()
-            self._poller = threading.Thread(
-                target=self._poll, args=(producer,), name="alert-delivery", daemon=True
-            )
-            self._poller.start()
-            self._producer = producer
-
-    async def _unusable(self, producer: Any) -> str | None:
+    async def _unusable(self, producer: Producer) -> str | None:
         """Why the topic cannot be written, found now (like aiokafka's start())."""
-        from confluent_kafka import KafkaException
-
         try:
             meta = await asyncio.to_thread(producer.list_topics, self.topic, self._timeout_s)
         except KafkaException as exc:
@@ -170,23 +188,17 @@ class ConfluentAlertPublisher:
             return "not in the cluster's metadata"
         return None if topic.error is None else str(topic.error)
 
-    def _poll(self, producer: Any) -> None:
+    def _poll(self, producer: Producer) -> None:
         while not self._stopping.is_set():
             producer.poll(0.1)  # returns as soon as a report is there
 
-    async def publish(self, values: list[bytes]) -> None:
-        if not values:
-            return
-        if self._producer is None:
-            await self.start()
-        from confluent_kafka import KafkaException
-
+    async def _send(self, producer: Producer, values: list[bytes]) -> None:
         batch = _Batch(asyncio.get_running_loop(), len(values))
         for i, value in enumerate(values):
             # On an error, those already queued are still sent (reported to a batch nobody
             # awaits any more).
             try:
-                self._producer.produce(self.topic, value, on_delivery=batch.delivered)
+                producer.produce(self.topic, value, on_delivery=batch.delivered)
             except BufferError as exc:  # librdkafka's local queue is full
                 raise AlertDeliveryError(
                     f"alert {i + 1}/{len(values)} not queued: producer queue full"
@@ -196,19 +208,14 @@ class ConfluentAlertPublisher:
                     f"alert {i + 1}/{len(values)} refused: {exc}", retriable=False
                 ) from exc
         await batch.future
-        self.published += len(values)
 
-    async def stop(self) -> None:
-        async with self._lock:
-            producer, self._producer = self._producer, None
-            if producer is None:
-                return
-            await asyncio.to_thread(producer.flush, self._timeout_s)
-            self._stopping.set()
-            if self._poller is not None:
-                await asyncio.to_thread(self._poller.join)
-                self._poller = None
-            await asyncio.to_thread(producer.close)
+    async def _close(self, producer: Producer) -> None:
+        await asyncio.to_thread(producer.flush, self._timeout_s)
+        self._stopping.set()
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join)
+            self._poller = None
+        await asyncio.to_thread(producer.close)
 
 
 def alert_publisher(settings: Settings, bootstrap: str) -> AlertPublisher:
