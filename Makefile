@@ -28,12 +28,13 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-# Debian packages the tests use: chromium (the replay report is checked in it) and promtool
-# (package prometheus; alert rules are unit-tested with it).
+# Debian packages the tests use: chromium (the replay report is checked in it) and prometheus
+# (promtool unit-tests the alert rules; the server scrapes a dispatcher and answers the
+# dashboard's queries).
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing$$missing (apt-get) for the tests"; \

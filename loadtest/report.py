@@ -12,6 +12,7 @@ import orjson
 
 from loadtest.replay import ReplayResult
 from loadtest.summary import BUDGET_S, stage_ms, summary_lines
+from prompt.extras import import_optional
 
 PLOTS = (
     "latency_histogram",
@@ -30,10 +31,8 @@ def _figure_png(fig: Any) -> str:
 
 
 def _plots(result: ReplayResult) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import_optional("matplotlib").use("Agg")
+    plt = import_optional("matplotlib.pyplot")
 
     speed = result.config.timing.speed
     ran = [r for r in result.records if r["latencySeconds"] is not None]

@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from prompt.extras import import_optional
+
 MJD_EPOCH = datetime(1858, 11, 17, tzinfo=UTC)
 
 # field -> accepted column names, first found wins (matched case-insensitively)
@@ -174,12 +176,7 @@ def _rows(path: Path) -> Iterable[dict[str, Any]]:
             yield from (dict(r) for r in conn.execute(f'SELECT * FROM "{table}"'))
         return
     if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise ValueError(
-                f"{path}: reading Parquet needs pyarrow (pip install pyarrow)"
-            ) from exc
+        pq = import_optional("pyarrow.parquet")
         yield from pq.read_table(path).to_pylist()
         return
     with path.open(newline="") as fh:

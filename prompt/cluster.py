@@ -20,7 +20,14 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from prompt.config import Settings
-from prompt.events import AvroCodec, EventKind, ImageArrival, LocalSchemaRegistry, NextVisit
+from prompt.events import (
+    AvroCodec,
+    EventKind,
+    ImageArrival,
+    LocalSchemaRegistry,
+    NextVisit,
+    make_registry,
+)
 from prompt.kafka import aiokafka_options, consumer_options
 from prompt.stack import resolve_endpoints
 from prompt.store import connect
@@ -213,13 +220,14 @@ def start_dispatcher(
     log_dir: Path,
     pilot_port: int | None = None,
     http_port: int | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> ServiceProcess:
     """A ``prompt serve`` process (ports fixed by the caller to restart one in place)."""
     from prompt.stack.processes import free_port
 
     pilot_port = pilot_port or free_port()
     http_port = http_port or free_port()
-    env = settings_env(settings)
+    env = {**settings_env(settings), **(extra_env or {})}
     env.update(PROMPT_PILOT_PORT=str(pilot_port), PROMPT_HTTP_PORT=str(http_port))
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "dispatcher.log"
@@ -245,10 +253,12 @@ def start_pilot(
     slots: int = 2,
     log_dir: Path,
     extra_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> PilotProcess:
     """A real ``prompt pilot`` process in its own process group (killable with its workers)."""
     assert settings.pilot_token is not None
-    env = settings_env(settings)  # the broker and alert topic too: pilots publish alerts
+    # The broker and alert topic too: pilots publish alerts.
+    env = {**settings_env(settings), **(extra_env or {})}
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{pilot_id}.log"
     with log.open("ab") as out:
@@ -440,16 +450,21 @@ class CompletionCollector:
 
     async def _run(self) -> None:
         assert self._consumer is not None
-        codec = AvroCodec(EventKind.COMPLETION, LocalSchemaRegistry())
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=200)
-            for msgs in batch.values():
-                for msg in msgs:
-                    record = await codec.decode(msg.value)
-                    self.records.append(record)
-                    self.by_job.setdefault(record["jobId"], []).append(record)
-            if batch:
-                self._changed.set()
+        # The dispatcher's registry: with one configured, completions carry its ids.
+        registry = make_registry(self.settings.schema_registry_url)
+        codec = AvroCodec(EventKind.COMPLETION, registry)
+        try:
+            while True:
+                batch = await self._consumer.getmany(timeout_ms=200)
+                for msgs in batch.values():
+                    for msg in msgs:
+                        record = await codec.decode(msg.value)
+                        self.records.append(record)
+                        self.by_job.setdefault(record["jobId"], []).append(record)
+                if batch:
+                    self._changed.set()
+        finally:
+            await registry.close()
 
     async def wait_for(self, count: int, timeout: float = 60.0) -> None:
         """Until ``count`` distinct jobs have completed."""

@@ -135,6 +135,7 @@ class Served:
     ports: dict[str, int]
     service: ServiceProcess
     pilots: list[PilotProcess] = field(default_factory=list)
+    extra_env: dict[str, str] | None = None
 
     def stop(self, how: str) -> None:
         if how == "sigkill":
@@ -143,20 +144,36 @@ class Served:
             assert self.service.terminate() == 0
 
     async def start(self) -> None:
-        self.service = start_dispatcher(self.settings, log_dir=self.log_dir, **self.ports)
+        self.service = start_dispatcher(
+            self.settings, log_dir=self.log_dir, extra_env=self.extra_env, **self.ports
+        )
         await self.service.wait_ready()
 
 
 @contextlib.asynccontextmanager
 async def served(
-    settings: Settings, log_dir: Path, *, pilots: int = 2, slots: int = 16
+    settings: Settings,
+    log_dir: Path,
+    *,
+    pilots: int = 2,
+    slots: int = 16,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Served]:
+    """``extra_env`` is added to every child's environment."""
     ports = {"pilot_port": free_port(), "http_port": free_port()}
-    env = Served(settings, log_dir, ports, start_dispatcher(settings, log_dir=log_dir, **ports))
+    service = start_dispatcher(settings, log_dir=log_dir, extra_env=extra_env, **ports)
+    env = Served(settings, log_dir, ports, service, extra_env=extra_env)
     try:
         await env.service.wait_ready()
         env.pilots = [
-            start_pilot(settings, env.service.pilot_port, f"p{i}", slots=slots, log_dir=log_dir)
+            start_pilot(
+                settings,
+                env.service.pilot_port,
+                f"p{i}",
+                slots=slots,
+                log_dir=log_dir,
+                extra_env=extra_env,
+            )
             for i in range(pilots)
         ]
         await env.service.wait_pilots(pilots)

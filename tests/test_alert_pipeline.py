@@ -24,8 +24,7 @@ from prompt.calib.source import MissingCalibrationError, StoreCalibrations
 from prompt.cluster import alert_task_file, image_arrivals, next_visit_for
 from prompt.config import Settings
 from prompt.instruments import raw_key
-from prompt.kafka import aiokafka_options
-from prompt.pilot.alerts import KafkaAlertPublisher
+from prompt.pilot.alerts import alert_publisher
 from prompt.pipeline.alerts import alert_schema, decode, validate
 from prompt.pipeline.isr import isr
 from prompt.pipeline.process import Calibs, Result, process
@@ -191,10 +190,7 @@ async def test_alerts_through_the_service(
 ) -> None:
     detectors = [0, 94, 188]
     source = StoreCalibrations(FileStore(sim_root))
-    alerts = KafkaAlertPublisher(
-        aiokafka_options(isolated_settings, isolated_settings.kafka_bootstrap or ""),
-        isolated_settings.topics.alerts,
-    )
+    alerts = alert_publisher(isolated_settings, isolated_settings.kafka_bootstrap or "")
     tasks = alert_task_file(detectors="0,94,188")
     async with dispatcher_env(
         isolated_settings, tasks, pilots=1, slots=2, source=source, alerts=alerts,

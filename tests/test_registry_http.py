@@ -1,7 +1,7 @@
 """Writer-schema resolution through a Confluent-compatible registry over real HTTP.
 
-The registry here is a minimal aiohttp app speaking the two endpoints the client uses; it
-counts requests so the cache can be checked.
+The registry (``tests/registry.py``) is a small Confluent-compatible aiohttp app; it counts
+requests so the cache can be checked.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from typing import Any
 import fastavro
 import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from prompt.events import (
     AvroCodec,
@@ -27,47 +25,14 @@ from prompt.events import (
 )
 from prompt.events.wire import frame
 from prompt.stack.processes import free_port
-
-
-class Registry:
-    def __init__(self) -> None:
-        self.schemas: dict[int, str] = {}
-        self.gets = 0
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/schemas/ids/{id}", self.get)
-        app.router.add_post("/subjects/{subject}/versions", self.post)
-        return app
-
-    async def get(self, request: web.Request) -> web.Response:
-        self.gets += 1
-        schema = self.schemas.get(int(request.match_info["id"]))
-        if schema is None:
-            return web.json_response(
-                {"error_code": 40403, "message": "Schema not found"}, status=404
-            )
-        return web.json_response({"schema": schema})
-
-    async def post(self, request: web.Request) -> web.Response:
-        body = orjson.loads(await request.read())
-        for sid, text in self.schemas.items():
-            if text == body["schema"]:
-                return web.json_response({"id": sid})
-        sid = 100 + len(self.schemas)
-        self.schemas[sid] = body["schema"]
-        return web.json_response({"id": sid})
+from tests.registry import Registry, serve_registry
 
 
 @pytest.fixture
 async def registry_server() -> AsyncIterator[tuple[Registry, str]]:
     reg = Registry()
-    server = TestServer(reg.app(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield reg, str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    async with serve_registry(reg) as url:
+        yield reg, url
 
 
 async def test_codec_registers_and_resolves_via_http(

@@ -65,6 +65,17 @@ def test_opsim_sqlite_output_is_read(tmp_path: Path) -> None:
     assert night.visits[0].band == "z" and night.visits[0].survey == "blob_long"
 
 
+def test_parquet_night_is_read(tmp_path: Path) -> None:
+    from pyarrow import csv, parquet
+
+    csv_night = load_night(DATA / "schedview_sample.csv")
+    table = csv.read_csv(DATA / "schedview_sample.csv")
+    parquet.write_table(table, tmp_path / "night.parquet")
+    night = load_night(tmp_path / "night.parquet")
+    assert night.visits == csv_night.visits and len(night.visits) == 4
+    assert night.start_utc == csv_night.start_utc
+
+
 def test_column_overrides_and_clear_errors(tmp_path: Path) -> None:
     odd = tmp_path / "odd.csv"
     odd.write_text("when,shutter,flt,alpha,delta\n2025-05-02T01:00:00,30,i,10,-5\n")

@@ -1,4 +1,4 @@
-"""``prompt bench dispatch`` and ``prompt bench pipeline``."""
+"""``prompt bench dispatch``, ``prompt bench pipeline`` and ``prompt bench alerts``."""
 
 from __future__ import annotations
 
@@ -32,12 +32,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pl.add_argument("--detectors", type=int, default=189)
     pl.add_argument("--data-root", type=Path, default=Path(".prompt/bench-data"))
     pl.add_argument("--json", type=Path, help="also write the result here")
+    al = kinds.add_parser(
+        "alerts", help="the pilot's alert producer: aiokafka vs confluent-kafka, same broker"
+    )
+    al.add_argument("--alert-kb", type=float, default=25.0, help="size of one alert")
+    al.add_argument(
+        "--batches", default="5,20,50", help="alerts per job, comma-separated (job latency)"
+    )
+    al.add_argument("--jobs", type=int, default=40, help="sequential jobs per batch and round")
+    al.add_argument("--burst-jobs", type=int, default=96, help="jobs publishing at once")
+    al.add_argument("--burst-alerts", type=int, default=20, help="alerts per job in a burst")
+    al.add_argument("--rounds", type=int, default=3, help="rounds, implementations alternating")
+    al.add_argument("--json", type=Path, help="also write the result here")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.bench == "pipeline":
         return _pipeline(args)
+    if args.bench == "alerts":
+        return _alerts(args, settings)
     from prompt.bench.dispatch import BenchShape, run_bench
 
     shape = BenchShape(
@@ -61,6 +75,21 @@ def _pipeline(args: argparse.Namespace) -> int:
     from prompt.bench.pipeline import run_pipeline_bench
 
     result = run_pipeline_bench(args.data_root, args.detectors)
+    print_json(result)
+    if args.json:
+        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+def _alerts(args: argparse.Namespace, settings: Settings) -> int:
+    from prompt.bench.alerts import AlertBenchShape, run_alert_bench
+
+    shape = AlertBenchShape(
+        alert_kb=args.alert_kb, batches=tuple(int(b) for b in args.batches.split(",")),
+        jobs=args.jobs, burst_jobs=args.burst_jobs, burst_alerts=args.burst_alerts,
+        rounds=args.rounds,
+    )  # fmt: skip
+    result = asyncio.run(run_alert_bench(settings, shape))
     print_json(result)
     if args.json:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))

@@ -22,7 +22,9 @@ from prompt.cli import (
     status_cmd,
     tasks_cmd,
 )
+from prompt.cli.common import fail
 from prompt.config import Settings
+from prompt.extras import missing_extra
 from prompt.logging import configure_logging
 
 COMMANDS = (
@@ -81,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
+    except (ImportError, ExceptionGroup) as exc:
+        missing = missing_extra(exc)
+        if missing is None:
+            raise
+        return fail(str(missing))
     return code
 
 

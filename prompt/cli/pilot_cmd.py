@@ -10,7 +10,7 @@ from prompt.cli.common import fail, run_service
 from prompt.config import Settings
 
 if TYPE_CHECKING:
-    from prompt.pilot.alerts import KafkaAlertPublisher
+    from prompt.pilot.alerts import AlertPublisher
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,14 +76,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return run_service(main)
 
 
-def _alert_publisher(settings: Settings) -> KafkaAlertPublisher | None:
+def _alert_publisher(settings: Settings) -> AlertPublisher | None:
     """The alert topic's producer, if this pilot knows a broker (else alert jobs fail)."""
-    from prompt.kafka import aiokafka_options
-    from prompt.pilot.alerts import KafkaAlertPublisher
+    from prompt.pilot.alerts import alert_publisher
     from prompt.stack import StackNotRunningError, resolve_kafka_bootstrap
 
     try:
         bootstrap = resolve_kafka_bootstrap(settings)
     except StackNotRunningError:
         return None
-    return KafkaAlertPublisher(aiokafka_options(settings, bootstrap), settings.topics.alerts)
+    return alert_publisher(settings, bootstrap)

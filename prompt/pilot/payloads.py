@@ -9,7 +9,6 @@ template element is formatted with the fields, so a field value is always one li
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import mmap
 import os
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prompt.bounds import LOG_LIMIT, bound_error, bound_log
+from prompt.extras import import_optional
 
 
 class PayloadFailed(Exception):
@@ -78,7 +78,7 @@ def _entry(spec: str) -> Callable[[JobContext], Any]:
     fn = _ENTRY_CACHE.get(spec)
     if fn is None:
         module, _, name = spec.partition(":")
-        fn = getattr(importlib.import_module(module), name)
+        fn = getattr(import_optional(module), name)
         _ENTRY_CACHE[spec] = fn
     return fn
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from prompt.extras import import_optional
 from prompt.pilot.payloads import run_job
 
 # Workers fork from a forkserver that has the payload runner imported: a pilot with many slots
@@ -37,10 +38,8 @@ def _worker_main(conn: Connection, warm_imports: tuple[str, ...], nice: int) -> 
         # the pilot, whose hand-offs and heartbeats are the latency-critical part.
         with contextlib.suppress(AttributeError, OSError):
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    import importlib
-
     for name in warm_imports:
-        warm = getattr(importlib.import_module(name), "warm", None)
+        warm = getattr(import_optional(name), "warm", None)
         if callable(warm):
             warm()  # e.g. load a schema: paid once here, not by the first job
     # Every worker is forked with the same state and runs the same jobs, so without this they
