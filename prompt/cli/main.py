@@ -21,6 +21,7 @@ from prompt.cli import (
     status_cmd,
     tasks_cmd,
 )
+from prompt.cli.common import fail
 from prompt.config import Settings
 from prompt.logging import configure_logging
 
@@ -58,9 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings().with_overrides(
-        state_dir=args.state_dir, log_format=args.log_format, log_level=args.log_level
-    )
+    try:
+        settings = Settings().with_overrides(
+            state_dir=args.state_dir, log_format=args.log_format, log_level=args.log_level
+        )
+    except ValueError as exc:  # a pydantic ValidationError, or a bad *_FILE secret
+        return fail(f"configuration: {exc}")
     configure_logging(settings.log_format, settings.log_level)
     try:
         code: int = args.handler(args, settings)
