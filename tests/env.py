@@ -29,12 +29,16 @@ from prompt.pilot.alerts import AlertPublisher
 from prompt.stack.processes import free_port
 from prompt.tasks import TaskFile
 
+OPERATOR_TOKEN = "operator-test-token"
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
 
 def service_settings(settings: Settings, **changes: Any) -> Settings:
     base = {
         "pilot_port": 0,
         "http_port": 0,
         "pilot_token": SecretStr("test-token"),
+        "operator_token": SecretStr(OPERATOR_TOKEN),
         "heartbeat_timeout_s": 1.5,
         "drain_timeout_s": 10.0,
         "start_from": "earliest",
@@ -132,7 +136,7 @@ class Served:
 
     settings: Settings
     log_dir: Path
-    ports: dict[str, int]
+    ports: dict[str, Any]  # pilot_port, http_port: keyword arguments of start_dispatcher
     service: ServiceProcess
     pilots: list[PilotProcess] = field(default_factory=list)
 
@@ -151,7 +155,7 @@ class Served:
 async def served(
     settings: Settings, log_dir: Path, *, pilots: int = 2, slots: int = 16
 ) -> AsyncIterator[Served]:
-    ports = {"pilot_port": free_port(), "http_port": free_port()}
+    ports: dict[str, Any] = {"pilot_port": free_port(), "http_port": free_port()}
     env = Served(settings, log_dir, ports, start_dispatcher(settings, log_dir=log_dir, **ports))
     try:
         await env.service.wait_ready()

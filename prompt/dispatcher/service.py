@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from prompt.channel.tls import dispatcher_context
 from prompt.config import Settings
 from prompt.dispatcher.config import DispatcherConfig
 from prompt.dispatcher.core import Dispatcher
@@ -55,11 +56,18 @@ class Running:
 
 
 def dispatcher_config(settings: Settings) -> DispatcherConfig:
+    """Raises ValueError (TLSConfigError for TLS files) naming the setting that is wrong."""
     if settings.pilot_token is None or not settings.pilot_token.get_secret_value():
-        raise ValueError("PROMPT_PILOT_TOKEN must be set: pilots authenticate with it")
+        raise ValueError(
+            "PROMPT_PILOT_TOKEN (or PROMPT_PILOT_TOKEN_FILE) must be set: pilots authenticate "
+            "with it"
+        )
+    operator = settings.operator_token
     return DispatcherConfig(
         name=settings.dispatcher_name,
         token=settings.pilot_token.get_secret_value(),
+        operator_token=operator.get_secret_value() if operator is not None else "",
+        pilot_tls=dispatcher_context(settings),
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
         drain_timeout_s=settings.drain_timeout_s,
         start_from=settings.start_from,
@@ -141,7 +149,7 @@ async def serve(
         await leader.add_listener("prompt_tasks", on_notify)
 
         server = PilotServer(dispatcher, config.token, heartbeat_s=config.heartbeat_timeout_s / 4)
-        pilot_port = await server.start(settings.pilot_host, settings.pilot_port)
+        pilot_port = await server.start(settings.pilot_host, settings.pilot_port, config.pilot_tls)
         dead_letters = DeadLetters(producer, topics.dead_letter, metrics)
         resolver = RawMetadataResolver(settings.raw_root) if settings.raw_root else None
         intake = Intake(
@@ -165,7 +173,9 @@ async def serve(
         )
         healthy = {"intake": False}
         http_port: int | None = None
-        runner = web.AppRunner(make_app(dispatcher, metrics, lambda: healthy["intake"]))
+        runner = web.AppRunner(
+            make_app(dispatcher, metrics, lambda: healthy["intake"], config.operator_token)
+        )
         await runner.setup()
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()
