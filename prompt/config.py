@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from prompt.credentials import with_secret_files
+from prompt.credentials import SecretFileSettings
 
 
 class Topics(BaseSettings):
@@ -38,26 +38,13 @@ class Topics(BaseSettings):
         ]
 
 
-class Settings(BaseSettings):
+class Settings(SecretFileSettings):
     """Process-wide configuration. Construct once in ``main`` and pass it down; never at import.
 
     Every ``SecretStr`` field can also be given as a file: ``PROMPT_<FIELD>_FILE`` (see
     ``prompt/credentials.py``)."""
 
     model_config = SettingsConfigDict(env_prefix="PROMPT_", frozen=True, extra="ignore")
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return with_secret_files(
-            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-        )
 
     # Endpoints. Unset means "use the embedded stack recorded in state_dir".
     database_url: str | None = None

@@ -1,9 +1,8 @@
 """Secrets given as ``PROMPT_X`` or in a file named by ``PROMPT_X_FILE``; constant-time checks.
 
-Every ``SecretStr`` field of a settings class that lists :class:`SecretFileSource` among its
-sources accepts the ``_FILE`` form (the Kubernetes Secret volume / Docker secret convention),
-with no code per field. Setting both forms of one secret is an error: a silent winner would
-hide a stale value. One trailing newline is stripped (``echo tok > file`` writes one; a
+Every ``SecretStr`` field of a settings class built on :class:`SecretFileSettings` accepts the
+``_FILE`` form (the Kubernetes Secret volume / Docker secret convention), with no code per
+field. Setting both forms of one secret is an error: a silent winner would hide a stale value. One trailing newline is stripped (``echo tok > file`` writes one; a
 Kubernetes Secret file has none); anything else in the file is the secret.
 """
 
@@ -18,7 +17,7 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
-from pydantic_settings import PydanticBaseSettingsSource
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 FILE_SUFFIX = "_FILE"
 
@@ -57,8 +56,8 @@ def _is_secret(annotation: Any) -> bool:
 class SecretFileSource(PydanticBaseSettingsSource):
     """Settings source: ``{env_prefix}{FIELD}_FILE`` names a file holding that secret field.
 
-    Place it after the environment source (see :func:`with_secret_files`); the conflict check
-    looks at the environment itself, so the order only matters for init arguments (they win).
+    It comes after the environment source; the conflict check looks at the environment itself,
+    so the order only matters for init arguments (they win).
     """
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
@@ -82,22 +81,20 @@ class SecretFileSource(PydanticBaseSettingsSource):
         return found
 
 
-def with_secret_files(
-    settings_cls: type[Any],
-    init_settings: PydanticBaseSettingsSource,
-    env_settings: PydanticBaseSettingsSource,
-    dotenv_settings: PydanticBaseSettingsSource,
-    file_secret_settings: PydanticBaseSettingsSource,
-) -> tuple[PydanticBaseSettingsSource, ...]:
-    """The default sources with :class:`SecretFileSource` after the environment; return it from
-    a settings class's ``settings_customise_sources``."""
-    return (
-        init_settings,
-        env_settings,
-        SecretFileSource(settings_cls),
-        dotenv_settings,
-        file_secret_settings,
-    )
+class SecretFileSettings(BaseSettings):
+    """Base for settings classes whose ``SecretStr`` fields also accept the ``_FILE`` form."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = SecretFileSource(settings_cls)
+        return init_settings, env_settings, files, dotenv_settings, file_secret_settings
 
 
 def token_matches(given: str | bytes, expected: bytes) -> bool:
