@@ -2,8 +2,9 @@
 
 Every ``SecretStr`` field of a settings class built on :class:`SecretFileSettings` accepts the
 ``_FILE`` form (the Kubernetes Secret volume / Docker secret convention), with no code per
-field. Setting both forms of one secret is an error: a silent winner would hide a stale value. One trailing newline is stripped (``echo tok > file`` writes one; a
-Kubernetes Secret file has none); anything else in the file is the secret.
+field. Setting both forms of one secret is an error: a silent winner would hide a stale value.
+One trailing newline is stripped (``echo tok > file`` writes one; a Kubernetes Secret file has
+none); anything else in the file is the secret.
 """
 
 from __future__ import annotations
