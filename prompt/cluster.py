@@ -123,6 +123,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     )
     if settings.pilot_token is not None:
         env["PROMPT_PILOT_TOKEN"] = settings.pilot_token.get_secret_value()
+    if settings.operator_token is not None:
+        env["PROMPT_OPERATOR_TOKEN"] = settings.operator_token.get_secret_value()
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name.startswith("pilot_tls_") and value is not None:
+            env[f"PROMPT_{name.upper()}"] = str(value)
     if settings.raw_root is not None:
         env["PROMPT_RAW_ROOT"] = str(settings.raw_root)
     if settings.calib_root is not None:
@@ -222,13 +228,15 @@ def start_dispatcher(
     http_port: int | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> ServiceProcess:
-    """A ``prompt serve`` process (ports fixed by the caller to restart one in place)."""
+    """A ``prompt serve`` process (ports fixed by the caller to restart one in place);
+    ``extra_env`` adds variables settings do not express (e.g. ``PROMPT_PILOT_TOKEN_FILE``)."""
     from prompt.stack.processes import free_port
 
     pilot_port = pilot_port or free_port()
     http_port = http_port or free_port()
     env = {**settings_env(settings), **(extra_env or {})}
     env.update(PROMPT_PILOT_PORT=str(pilot_port), PROMPT_HTTP_PORT=str(http_port))
+    env.update(extra_env or {})
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "dispatcher.log"
     with log.open("ab") as out:

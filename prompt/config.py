@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from prompt.credentials import SecretFileSettings
+
 
 class Topics(BaseSettings):
     """Kafka topic names. Defaults follow the Rubin names where Rubin has one."""
@@ -36,8 +38,11 @@ class Topics(BaseSettings):
         ]
 
 
-class Settings(BaseSettings):
-    """Process-wide configuration. Construct once in ``main`` and pass it down; never at import."""
+class Settings(SecretFileSettings):
+    """Process-wide configuration. Construct once in ``main`` and pass it down; never at import.
+
+    Every ``SecretStr`` field can also be given as a file: ``PROMPT_<FIELD>_FILE`` (see
+    ``prompt/credentials.py``)."""
 
     model_config = SettingsConfigDict(env_prefix="PROMPT_", frozen=True, extra="ignore")
 
@@ -67,9 +72,25 @@ class Settings(BaseSettings):
     pilot_host: str = "127.0.0.1"
     pilot_port: int = Field(default=7070, ge=0, le=65535)
     pilot_token: SecretStr | None = None
+    """Shared secret pilots authenticate with."""
+    # Pilot channel TLS (PEM files), read once at start-up by prompt/channel/tls.py. Dispatcher:
+    # cert + key turn TLS on; client_ca makes it mutual (pilots must present a certificate
+    # signed by it). Pilot: ca turns TLS on and is the only trust anchor for the dispatcher's
+    # certificate; server_name is the name expected in it (default: the host dialled);
+    # client_cert + client_key are its own certificate for mutual TLS.
+    pilot_tls_cert: Path | None = None
+    pilot_tls_key: Path | None = None
+    pilot_tls_client_ca: Path | None = None
+    pilot_tls_ca: Path | None = None
+    pilot_tls_server_name: str | None = None
+    pilot_tls_client_cert: Path | None = None
+    pilot_tls_client_key: Path | None = None
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
-    """/metrics, /healthz, /status; 0 picks a free port."""
+    """/metrics, /healthz, /status, /ui; 0 picks a free port."""
+    operator_token: SecretStr | None = None
+    """Bearer token for the HTTP endpoints that show job output and errors (/jobs/{id}/log,
+    /ui/stream, /ui/snapshot); unset: they answer 403."""
     heartbeat_timeout_s: float = Field(default=5.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
     start_from: Literal["latest", "earliest"] = "latest"

@@ -29,12 +29,16 @@ from prompt.pilot.alerts import AlertPublisher
 from prompt.stack.processes import free_port
 from prompt.tasks import TaskFile
 
+OPERATOR_TOKEN = "operator-test-token"
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
 
 def service_settings(settings: Settings, **changes: Any) -> Settings:
     base = {
         "pilot_port": 0,
         "http_port": 0,
         "pilot_token": SecretStr("test-token"),
+        "operator_token": SecretStr(OPERATOR_TOKEN),
         "heartbeat_timeout_s": 1.5,
         "drain_timeout_s": 10.0,
         "start_from": "earliest",
@@ -132,7 +136,7 @@ class Served:
 
     settings: Settings
     log_dir: Path
-    ports: dict[str, int]
+    ports: dict[str, Any]  # pilot_port, http_port: keyword arguments of start_dispatcher
     service: ServiceProcess
     pilots: list[PilotProcess] = field(default_factory=list)
     extra_env: dict[str, str] | None = None
@@ -160,7 +164,7 @@ async def served(
     extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Served]:
     """``extra_env`` is added to every child's environment."""
-    ports = {"pilot_port": free_port(), "http_port": free_port()}
+    ports: dict[str, Any] = {"pilot_port": free_port(), "http_port": free_port()}
     service = start_dispatcher(settings, log_dir=log_dir, extra_env=extra_env, **ports)
     env = Served(settings, log_dir, ports, service, extra_env=extra_env)
     try:

@@ -14,7 +14,7 @@ from prompt.cluster import image_arrivals, next_visit_for, sleep_task_file
 from prompt.config import Settings
 from prompt.tasks import load_task_file
 from tests.browser import open_page
-from tests.env import dispatcher_env, group_id
+from tests.env import OPERATOR, OPERATOR_TOKEN, dispatcher_env, group_id
 from tests.helpers import run_prompt
 
 pytestmark = pytest.mark.stack
@@ -34,7 +34,13 @@ async def test_page_shows_the_focal_plane_of_a_running_visit(
         await env.until(lambda: env.dispatcher.in_flight_on_pilots() == 48)
         url = f"http://127.0.0.1:{env.running.http_port}/ui"
         async with open_page(url, tmp_path / "chromium") as page:
+            await page.wait_for("document.getElementById('conn').textContent == 'token required'")
+            assert await page.evaluate("document.getElementById('auth').hidden") is False
+            assert await page.evaluate("document.body.dataset.updates") is None
+            # A same-document navigation: the page takes the token from the new fragment.
+            await page.call("Page.navigate", url=f"{url}#token={OPERATOR_TOKEN}")
             await page.wait_for("+(document.body.dataset.updates || 0) >= 2")
+            assert await page.evaluate("location.href") == url, "the token left the address bar"
             state = orjson.loads(
                 await page.evaluate(
                     """JSON.stringify({
@@ -58,7 +64,9 @@ async def test_page_shows_the_focal_plane_of_a_running_visit(
     assert shot.stat().st_size > 20_000
 
 
-async def test_failed_job_error_and_log_reach_the_operator(isolated_settings: Settings) -> None:
+async def test_failed_job_error_and_log_reach_the_operator(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
     script = "import sys; print('calibrating detector', sys.argv[1]); sys.exit(sys.argv[1] == '3')"
     tasks = load_task_file(
         f"""
@@ -78,15 +86,23 @@ async def test_failed_job_error_and_log_reach_the_operator(isolated_settings: Se
         assert failed["detector"] == 3 and "exit status 1" in failed["error"]
         base = f"http://127.0.0.1:{env.running.http_port}"
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}/ui/snapshot") as resp:
+            async with http.get(f"{base}/ui/snapshot", headers=OPERATOR) as resp:
                 snap = await resp.json()
             (problem,) = snap["problems"]
             assert (problem["detector"], problem["status"]) == (3, "failed")
-            async with http.get(f"{base}/jobs/{problem['job']}/log") as resp:
+            async with http.get(f"{base}/jobs/{problem['job']}/log", headers=OPERATOR) as resp:
                 assert resp.status == 200
                 assert "calibrating detector 3" in await resp.text()
-            async with http.get(f"{base}/jobs/999999/log") as resp:
+            async with http.get(f"{base}/jobs/999999/log", headers=OPERATOR) as resp:
                 assert resp.status == 404
+        async with open_page(f"{base}/ui#token={OPERATOR_TOKEN}", tmp_path / "chromium") as page:
+            await page.wait_for("!!document.querySelector('#problems button.log')")
+            await page.evaluate("document.querySelector('#problems button.log').click()")
+            await page.wait_for(
+                "document.getElementById('log-text').textContent.includes('calibrating detector 3')"
+            )
+            title = await page.evaluate("document.getElementById('log-title').textContent")
+        assert title == f"Payload log of job {problem['job']}"
         await env.running.writer.flush()
         shown = run_prompt(
             "status", "--job", str(problem["job"]),

@@ -17,7 +17,11 @@ from typing import Any, Final
 import orjson
 
 MAX_FRAME: Final = 8 * 1024 * 1024
+CLOSE_WAIT_S: Final = 2.0
+"""How long ``Channel.close`` waits for the peer to finish the close (over TLS: its
+close_notify). A hung or unreachable peer must not hold a shutdown for the SSL layer's 30 s."""
 _LEN = struct.Struct(">I")
+_TLS_RECORD_TYPES = frozenset({0x15, 0x16})  # alert, handshake; then version major 3
 
 # pilot -> dispatcher
 REGISTER: Final = "register"
@@ -65,6 +69,8 @@ async def read_message(reader: asyncio.StreamReader) -> Message:
     header = await reader.readexactly(_LEN.size)
     (size,) = _LEN.unpack(header)
     if size > MAX_FRAME:
+        if header[0] in _TLS_RECORD_TYPES and header[1] == 3:
+            raise ProtocolError("the peer speaks TLS and this side plain TCP: configure both alike")
         raise ProtocolError(
             f"the peer sent a frame of {size} bytes, over the {MAX_FRAME}-byte limit (peers"
             " never send one: the stream is corrupt or not this protocol)"
@@ -133,5 +139,5 @@ class Channel:
         self.flush()
         if not self._writer.is_closing():
             self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            await asyncio.wait_for(self._writer.wait_closed(), CLOSE_WAIT_S)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 from pydantic import SecretStr
 
@@ -36,6 +38,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )  # fmt: skip
     if settings.pilot_token is None:
         settings = settings.with_overrides(pilot_token=SecretStr(uuid.uuid4().hex))
+    operator = settings.operator_token or SecretStr(secrets.token_urlsafe(18))
+    settings = settings.with_overrides(operator_token=operator)
+    ui_token = quote(operator.get_secret_value(), safe="")  # the page reads it from the fragment
 
     async def main(stop: asyncio.Event) -> None:
         nonlocal settings
@@ -58,6 +63,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 print(
                     f"\nprompt dev is up: {args.pilots} pilots x {args.slots} slots, "
                     f"tasks {[t.name for t in tasks.tasks]}\n"
+                    f"  ui       http://127.0.0.1:{running.http_port}/ui#token={ui_token}\n"
                     f"  metrics  http://127.0.0.1:{running.http_port}/metrics\n"
                     f"  status   http://127.0.0.1:{running.http_port}/status   "
                     f"or: prompt {state} status\n"

@@ -69,9 +69,12 @@ def _terminate(signum: int, _frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings().with_overrides(
-        state_dir=args.state_dir, log_format=args.log_format, log_level=args.log_level
-    )
+    try:
+        settings = Settings().with_overrides(
+            state_dir=args.state_dir, log_format=args.log_format, log_level=args.log_level
+        )
+    except ValueError as exc:  # a pydantic ValidationError, or a bad *_FILE secret
+        return fail(f"configuration: {exc}")
     configure_logging(settings.log_format, settings.log_level)
     # A CI runner or `timeout` stops a command with SIGTERM; by default that kills Python at
     # once and leaves a replay's dispatcher, pilots and stack running. Services (serve,

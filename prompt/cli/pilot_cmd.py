@@ -6,6 +6,8 @@ import argparse
 import asyncio
 from typing import TYPE_CHECKING
 
+import structlog
+
 from prompt.cli.common import fail, run_service
 from prompt.config import Settings
 
@@ -36,15 +38,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from prompt.pilot import CalibrationSource, Pilot, PilotConfig, SyntheticCalibrations
+    from prompt.channel.tls import TLSConfigError, is_loopback, pilot_context
+    from prompt.pilot import (
+        CalibrationSource,
+        Pilot,
+        PilotConfig,
+        PilotRefusedError,
+        SyntheticCalibrations,
+    )
 
     if settings.pilot_token is None:
-        return fail("PROMPT_PILOT_TOKEN must be set (the dispatcher's shared token)")
+        return fail(
+            "PROMPT_PILOT_TOKEN (or PROMPT_PILOT_TOKEN_FILE) must be set (the dispatcher's "
+            "shared token)"
+        )
+    try:
+        ssl_context = pilot_context(settings)
+    except TLSConfigError as exc:
+        return fail(str(exc))
     dispatcher = args.dispatcher or f"{settings.pilot_host}:{settings.pilot_port}"
     extra = {"pilot_id": args.pilot_id} if args.pilot_id else {}
     config = PilotConfig(
         dispatcher=dispatcher,
         token=settings.pilot_token.get_secret_value(),
+        ssl_context=ssl_context,
+        tls_server_name=settings.pilot_tls_server_name,
         slots=args.slots,
         labels=tuple(args.label),
         heartbeat_s=args.heartbeat_s,
@@ -69,11 +87,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             nbytes=int(args.calib_kb * 1024), load_s=args.calib_load_ms / 1000
         )
     alerts = _alert_publisher(settings)
+    if ssl_context is None and not all(is_loopback(h) for h, _ in config.addresses):
+        structlog.get_logger(__name__).warning(
+            "pilot channel is plain TCP to a non-loopback address: the token and jobs cross the "
+            "network in clear; set PROMPT_PILOT_TLS_CA", dispatcher=dispatcher,
+        )  # fmt: skip
 
     async def main(stop: asyncio.Event) -> None:
         await Pilot(config, source, alerts).run(stop)
 
-    return run_service(main)
+    try:
+        return run_service(main)
+    except PilotRefusedError as exc:
+        return fail(f"pilot stopped: {exc}")
 
 
 def _alert_publisher(settings: Settings) -> AlertPublisher | None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class DispatcherConfig:
     name: str = "dispatcher"
     """Consumer name under which offsets are stored (one per dispatcher role)."""
-    token: str = ""
+    token: str = field(default="", repr=False)
+    """The pilots' shared token."""
+    operator_token: str = field(default="", repr=False)
+    """Bearer token of the operator HTTP endpoints; empty: they answer 403."""
+    pilot_tls: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    """The pilot channel's server context; None: plain TCP."""
     heartbeat_timeout_s: float = 5.0
     """No heartbeat (or no reconnect after a disconnect) for this long: the pilot is lost."""
     stale_after_s: float = 3600.0

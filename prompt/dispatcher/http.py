@@ -1,5 +1,8 @@
 """The dispatcher's HTTP side: /metrics for Prometheus, /healthz, /readyz, /status, the
-operator page. Up for the whole process; what it shows comes from the current term, if any."""
+operator page. Up for the whole process; what it shows comes from the current term, if any.
+
+Job output and error texts (/jobs/{id}/log, /ui/stream, /ui/snapshot) need the operator token
+(``auth.py``); the rest carries counts and names only, like /metrics, and stays open."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from prompt.dispatcher.auth import require_token
 from prompt.dispatcher.core import Dispatcher
 from prompt.dispatcher.health import Health
 from prompt.dispatcher.operator import operator_snapshot
@@ -68,10 +72,19 @@ def status_snapshot(d: Dispatcher) -> dict[str, Any]:
 
 OPERATOR_PAGE = Path(__file__).with_name("operator.html")
 STREAM_INTERVAL_S = 1.0
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache, no-store",
+    "X-Accel-Buffering": "no",  # nginx (and ingresses built on it): pass events on at once
+    "Connection": "keep-alive",
+}
 
 
-def make_app(view: TermView, metrics: DispatcherMetrics, health: Health) -> web.Application:
+def make_app(
+    view: TermView, metrics: DispatcherMetrics, health: Health, operator_token: str = ""
+) -> web.Application:
     closing = asyncio.Event()
+    operator = require_token(operator_token)
     page = OPERATOR_PAGE.read_bytes()  # read once, at start-up
 
     def leading() -> Dispatcher:
@@ -97,9 +110,7 @@ def make_app(view: TermView, metrics: DispatcherMetrics, health: Health) -> web.
 
     async def stream_view(request: web.Request) -> web.StreamResponse:
         """Server-sent events: one snapshot a second until the client or the service goes."""
-        resp = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
+        resp = web.StreamResponse(headers=SSE_HEADERS)
         await resp.prepare(request)
         try:
             while not closing.is_set():
@@ -144,9 +155,9 @@ def make_app(view: TermView, metrics: DispatcherMetrics, health: Health) -> web.
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", root_view)
     app.router.add_get("/ui", ui_view)
-    app.router.add_get("/ui/snapshot", snapshot_view)
-    app.router.add_get("/ui/stream", stream_view)
-    app.router.add_get("/jobs/{job:\\d+}/log", log_view)
+    app.router.add_get("/ui/snapshot", operator(snapshot_view))
+    app.router.add_get("/ui/stream", operator(stream_view))
+    app.router.add_get("/jobs/{job:\\d+}/log", operator(log_view))
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", health_view)
     app.router.add_get("/readyz", ready_view)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import socket
 import ssl
 import time
@@ -13,6 +12,8 @@ import structlog
 
 from prompt.channel import protocol as p
 from prompt.channel.protocol import Channel, ProtocolError
+from prompt.channel.tls import is_loopback
+from prompt.credentials import token_matches
 from prompt.dispatcher.core import Dispatcher
 from prompt.dispatcher.pilots import PilotSession
 
@@ -30,14 +31,22 @@ class PilotServer:
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         self._server = await asyncio.start_server(self._handle, host, port, ssl=ssl_context)
         bound: int = self._server.sockets[0].getsockname()[1]
-        log.info("pilot channel listening", host=host, port=bound)
+        tls = "off" if ssl_context is None else "on"
+        if ssl_context is not None and ssl_context.verify_mode == ssl.CERT_REQUIRED:
+            tls = "mutual"
+        log.info("pilot channel listening", host=host, port=bound, tls=tls)
+        if ssl_context is None and not is_loopback(host):
+            log.warning(
+                "pilot channel is plain TCP on a non-loopback address: the token and jobs cross "
+                "the network in clear; set PROMPT_PILOT_TLS_CERT and PROMPT_PILOT_TLS_KEY",
+                host=host,
+            )
         return bound
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for channel in list(self._connections):
-            await channel.close()
+        await asyncio.gather(*(channel.close() for channel in list(self._connections)))
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
@@ -57,7 +66,10 @@ class PilotServer:
         try:
             try:
                 hello = await asyncio.wait_for(channel.receive(), 10)
-            except (TimeoutError, ProtocolError, asyncio.IncompleteReadError, ConnectionError):
+            except ProtocolError as exc:
+                log.warning("pilot connection rejected", peer=channel.peer, error=str(exc))
+                return
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return
             session = self._register(channel, hello)
             if session is None:
@@ -93,8 +105,7 @@ class PilotServer:
         if msg.get("t") != p.REGISTER:
             self._refuse(channel, "the first message must be register")
             return None
-        token = str(msg.get("token", "")).encode()
-        if not self._token or not hmac.compare_digest(token, self._token):
+        if not token_matches(str(msg.get("token", "")), self._token):
             self._refuse(channel, "bad token")
             return None
         try:

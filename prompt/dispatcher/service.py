@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
+from prompt.channel.tls import dispatcher_context
 from prompt.config import Settings
 from prompt.dispatcher.config import DispatcherConfig
 from prompt.dispatcher.health import Health
@@ -42,11 +43,18 @@ __all__ = ["Running", "dispatcher_config", "serve"]
 
 
 def dispatcher_config(settings: Settings) -> DispatcherConfig:
+    """Raises ValueError (TLSConfigError for TLS files) naming the setting that is wrong."""
     if settings.pilot_token is None or not settings.pilot_token.get_secret_value():
-        raise ValueError("PROMPT_PILOT_TOKEN must be set: pilots authenticate with it")
+        raise ValueError(
+            "PROMPT_PILOT_TOKEN (or PROMPT_PILOT_TOKEN_FILE) must be set: pilots authenticate "
+            "with it"
+        )
+    operator = settings.operator_token
     return DispatcherConfig(
         name=settings.dispatcher_name,
         token=settings.pilot_token.get_secret_value(),
+        operator_token=operator.get_secret_value() if operator is not None else "",
+        pilot_tls=dispatcher_context(settings),
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
         drain_timeout_s=settings.drain_timeout_s,
         start_from=settings.start_from,
@@ -69,7 +77,7 @@ async def serve(
     health = Health(stall_after_s=settings.stall_after_s)
     view = TermView()
     metrics.registry.register(DispatcherStateCollector(view, health))
-    runner = web.AppRunner(make_app(view, metrics, health))
+    runner = web.AppRunner(make_app(view, metrics, health, config.operator_token))
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.http_host, settings.http_port)

@@ -130,7 +130,7 @@ async def run_term(
         await leadership.connection.add_listener("prompt_tasks", on_notify)
 
         server = PilotServer(dispatcher, config.token, heartbeat_s=config.heartbeat_timeout_s / 4)
-        pilot_port = await server.start(settings.pilot_host, settings.pilot_port)
+        pilot_port = await server.start(settings.pilot_host, settings.pilot_port, config.pilot_tls)
         dead_letters = DeadLetters(producer, topics.dead_letter, metrics)
         resolver = RawMetadataResolver(settings.raw_root) if settings.raw_root else None
         intake = Intake(

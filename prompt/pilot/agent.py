@@ -22,6 +22,7 @@ import structlog
 from prompt.bounds import bound_counts, bound_log, bound_stages
 from prompt.channel import protocol as p
 from prompt.channel.protocol import Channel, FrameTooLargeError, Message, ProtocolError
+from prompt.channel.tls import closed_before_welcome, untrusted_dispatcher
 from prompt.pilot.alerts import AlertPublisher
 from prompt.pilot.cache import CacheKey, CalibrationCache
 from prompt.pilot.calibrations import CalibrationSource
@@ -42,13 +43,20 @@ class JobLoads:
 
 
 class PilotRefusedError(RuntimeError):
-    """The dispatcher refused this pilot (bad token, duplicate id): retrying will not help."""
+    """The dispatcher refused this pilot (bad token, malformed register, TLS it does not accept),
+    or the pilot does not trust the dispatcher's certificate: retrying will not help, the pilot
+    stops (under Kubernetes the restart policy then backs off and re-reads mounted files)."""
+
+
+class _ClosedBeforeWelcomeError(ConnectionError):
+    """Connected, but the dispatcher hung up before answering register (during the TLS
+    handshake or right after it): a TLS mismatch, unless the dispatcher was just going down."""
 
 
 @dataclass(frozen=True)
 class PilotConfig:
     dispatcher: str
-    token: str
+    token: str = field(repr=False)
     pilot_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     slots: int = 2
     labels: tuple[str, ...] = ()
@@ -62,7 +70,12 @@ class PilotConfig:
     poll_s: float | None = None
     """Ask for work every poll_s seconds instead of being pushed to (the cold baseline)."""
     warm_imports: tuple[str, ...] = ()
-    ssl_context: ssl.SSLContext | None = None
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    tls_server_name: str | None = None
+    """Name expected in the dispatcher's certificate (default: the host dialled); for pilots
+    that reach the dispatcher by IP address or through a Service name."""
+    closed_before_welcome_limit: int = 3
+    """That many connections in a row closed before the dispatcher answered: give up."""
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -106,6 +119,8 @@ class Pilot:
         self.connected = asyncio.Event()
         self.jobs_run = 0
         self._address = 0  # which of config.addresses to try next
+        self._unanswered = 0
+        """Connections in a row the dispatcher closed before answering register."""
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -125,6 +140,14 @@ class Pilot:
                     backoff = self.config.reconnect_min_s
                 except PilotRefusedError:
                     raise
+                except _ClosedBeforeWelcomeError as exc:
+                    self._unanswered += 1
+                    limit = self.config.closed_before_welcome_limit
+                    if self._unanswered >= limit:
+                        why = closed_before_welcome(self.config.ssl_context is not None, limit)
+                        raise PilotRefusedError(f"{why} (last: {exc.__cause__!r})") from exc
+                    log.warning("dispatcher closed the connection before answering",
+                                error=repr(exc.__cause__), retry_in=backoff)  # fmt: skip
                 except (
                     OSError,
                     ConnectionError,
@@ -149,18 +172,36 @@ class Pilot:
     def _finished_draining(self, stop: asyncio.Event) -> bool:
         return stop.is_set() and not self.running and not self.queued and not self.unacked
 
+    async def _connect(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        ctx = self.config.ssl_context
+        name = self.config.tls_server_name if ctx is not None else None
+        try:
+            return await asyncio.open_connection(host, port, ssl=ctx, server_hostname=name)
+        except ssl.SSLCertVerificationError as exc:
+            checked = name or host
+            raise PilotRefusedError(
+                untrusted_dispatcher(exc, f"{host}:{port}", checked)
+            ) from exc
+        except (ssl.SSLError, ConnectionResetError) as exc:  # TCP was up: the handshake failed
+            raise _ClosedBeforeWelcomeError() from exc
+
     async def _session(self, stop: asyncio.Event) -> None:
         addresses = self.config.addresses
         host, port = addresses[self._address % len(addresses)]
         self._address += 1  # a failed session moves on to the next address
-        reader, writer = await asyncio.open_connection(host, port, ssl=self.config.ssl_context)
+        reader, writer = await self._connect(host, port)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         channel = Channel(reader, writer)
         try:
             channel.send(self._register_message())
-            reply = await asyncio.wait_for(channel.receive(), 10)
+            try:
+                reply = await asyncio.wait_for(channel.receive(), 10)
+            except (asyncio.IncompleteReadError, ConnectionResetError, ssl.SSLError) as exc:
+                raise _ClosedBeforeWelcomeError() from exc
             if reply["t"] == p.REFUSED:
                 raise PilotRefusedError(str(reply.get("reason")))
             if reply["t"] != p.WELCOME:
@@ -168,7 +209,9 @@ class Pilot:
             self.channel = channel
             self.connected.set()
             self._address -= 1  # stay with the dispatcher that answered
-            log.info("registered with dispatcher", dispatcher=f"{host}:{port}")
+            self._unanswered = 0
+            log.info("registered with dispatcher", dispatcher=f"{host}:{port}",
+                     tls=self.config.ssl_context is not None)  # fmt: skip
             for msg in self.unacked.values():
                 channel.send(msg)
             # Either loop ending ends the session; the other is cancelled and awaited. (Not a
