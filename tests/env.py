@@ -39,7 +39,9 @@ def service_settings(settings: Settings, **changes: Any) -> Settings:
         "http_port": 0,
         "pilot_token": SecretStr("test-token"),
         "operator_token": SecretStr(OPERATOR_TOKEN),
-        "heartbeat_timeout_s": 1.5,
+        # Long enough that a loaded 2-core runner does not declare an in-process pilot (it
+        # shares the test's event loop) lost; tests of loss detection wait for the condition.
+        "heartbeat_timeout_s": 3.0,
         "drain_timeout_s": 10.0,
         "start_from": "earliest",
     }

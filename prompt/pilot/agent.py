@@ -181,9 +181,7 @@ class Pilot:
             return await asyncio.open_connection(host, port, ssl=ctx, server_hostname=name)
         except ssl.SSLCertVerificationError as exc:
             checked = name or host
-            raise PilotRefusedError(
-                untrusted_dispatcher(exc, f"{host}:{port}", checked)
-            ) from exc
+            raise PilotRefusedError(untrusted_dispatcher(exc, f"{host}:{port}", checked)) from exc
         except (ssl.SSLError, ConnectionResetError) as exc:  # TCP was up: the handshake failed
             raise _ClosedBeforeWelcomeError() from exc
 
