@@ -11,63 +11,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
-from typing import Any, Final
+from typing import Final
 
 import orjson
 
-MAX_FRAME: Final = 8 * 1024 * 1024
+from prompt.channel.frames import (
+    ACK,
+    DRAIN,
+    FINISHED,
+    HEARTBEAT,
+    JOB,
+    LEN,
+    MAX_FRAME,
+    POLL,
+    PRELOAD,
+    PRELOADED,
+    REFUSED,
+    REGISTER,
+    STARTED,
+    WELCOME,
+    FrameTooLargeError,
+    Message,
+    encode,
+)
+
+__all__ = [
+    "ACK", "CLOSE_WAIT_S", "DRAIN", "FINISHED", "HEARTBEAT", "JOB", "MAX_FRAME", "POLL",
+    "PRELOAD", "PRELOADED", "REFUSED", "REGISTER", "STARTED", "WELCOME", "Channel",
+    "FrameTooLargeError", "Message", "ProtocolError", "encode", "read_message",
+]  # fmt: skip
+
 CLOSE_WAIT_S: Final = 2.0
 """How long ``Channel.close`` waits for the peer to finish the close (over TLS: its
 close_notify). A hung or unreachable peer must not hold a shutdown for the SSL layer's 30 s."""
-_LEN = struct.Struct(">I")
 _TLS_RECORD_TYPES = frozenset({0x15, 0x16})  # alert, handshake; then version major 3
-
-# pilot -> dispatcher
-REGISTER: Final = "register"
-HEARTBEAT: Final = "heartbeat"
-PRELOADED: Final = "preloaded"
-STARTED: Final = "started"
-FINISHED: Final = "finished"
-POLL: Final = "poll"  # only pilots started with --poll-s (the cold baseline)
-# dispatcher -> pilot
-WELCOME: Final = "welcome"
-REFUSED: Final = "refused"
-PRELOAD: Final = "preload"
-JOB: Final = "job"
-ACK: Final = "ack"
-DRAIN: Final = "drain"
-
-Message = dict[str, Any]
 
 
 class ProtocolError(Exception):
     """The peer sent something that is not a valid frame; the connection is closed."""
 
 
-class FrameTooLargeError(ValueError):
-    """A message would not fit in one frame. Raised to the sender, which must shrink or fail
-    what it sends: the peer would refuse the frame and the connection with it."""
-
-    def __init__(self, kind: object, size: int) -> None:
-        super().__init__(
-            f"a {kind!s} message of {size} bytes exceeds the pilot channel's {MAX_FRAME}-byte"
-            " frame limit"
-        )
-        self.size = size
-
-
-def encode(msg: Message) -> bytes:
-    body = orjson.dumps(msg)
-    if len(body) > MAX_FRAME:
-        raise FrameTooLargeError(msg.get("t"), len(body))
-    return _LEN.pack(len(body)) + body
-
-
 async def read_message(reader: asyncio.StreamReader) -> Message:
     """Next message; raises asyncio.IncompleteReadError on a clean EOF, ProtocolError if bad."""
-    header = await reader.readexactly(_LEN.size)
-    (size,) = _LEN.unpack(header)
+    header = await reader.readexactly(LEN.size)
+    (size,) = LEN.unpack(header)
     if size > MAX_FRAME:
         if header[0] in _TLS_RECORD_TYPES and header[1] == 3:
             raise ProtocolError("the peer speaks TLS and this side plain TCP: configure both alike")
@@ -105,9 +92,13 @@ class Channel:
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
     def send(self, msg: Message) -> None:
+        self.send_frame(encode(msg))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue an encoded frame (see ``frames.encode``) for the end of this loop step."""
         if self._writer.is_closing():
             raise ConnectionResetError("channel closed")
-        self._out.append(encode(msg))
+        self._out.append(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
