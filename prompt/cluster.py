@@ -315,7 +315,7 @@ class InProcessDispatcher:
 
 async def wait_for_pilots(running: Any, count: int, timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
-        while len(running.dispatcher.pilots.connected()) < count:
+        while len(running.engine.book.pilots.connected()) < count:
             await asyncio.sleep(0.02)
 
 

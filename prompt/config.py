@@ -103,6 +103,8 @@ class Settings(SecretFileSettings):
     """How long a ready job waits for the busy pilot holding its calibrations before another
     pilot takes it (and loads them again)."""
     dispatch_mode: Literal["warm", "cold"] = "warm"
+    poll_s: float = Field(default=2.0, gt=0)
+    """cold mode: how often pilots ask for work (the dispatcher tells them)."""
     """cold is the comparison baseline (no resurrection, no preload, polling pilots)."""
     raw_root: Path | None = None
     """File-based object store root (one directory per bucket) for bucket notifications."""

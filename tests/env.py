@@ -59,8 +59,9 @@ class Env:
     pilot_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
-    def dispatcher(self) -> Any:
-        return self.running.dispatcher
+    def book(self) -> Any:
+        """The engine's state (tests look inside; the service never does)."""
+        return self.running.engine.book
 
     async def add_pilot(
         self,
@@ -85,7 +86,7 @@ class Env:
         self.pilots.append(pilot)
         self.pilot_stops.append(stop)
         self.pilot_tasks.append(asyncio.get_running_loop().create_task(pilot.run(stop)))
-        await wait_for_pilots(self.running, len(self.dispatcher.pilots.connected()) + 1)
+        await wait_for_pilots(self.running, len(self.book.pilots.connected()) + 1)
         return pilot
 
     async def until(self, check: Any, timeout: float = 30.0, what: str = "condition") -> None:
@@ -95,7 +96,7 @@ class Env:
 
     async def visit_preloaded(self, group: str, timeout: float = 30.0) -> None:
         def done() -> bool:
-            for visit in self.dispatcher.visits.values():
+            for visit in self.book.visits.values():
                 if visit.nv.group_id == group:
                     return all(j.preloaded is not None for j in visit.jobs.values())
             return False

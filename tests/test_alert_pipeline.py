@@ -198,9 +198,12 @@ async def test_alerts_through_the_service(
     ) as env:  # fmt: skip
         per_visit: list[list[dict[str, Any]]] = []
         for v in (visit(1), visit(2)):
+            # The group id dates the visit on the simulated night (its day_obs picks the
+            # calibrations), whatever the date of the run.
+            night = f"{str(DAY_OBS)[:4]}-{str(DAY_OBS)[4:6]}-{str(DAY_OBS)[6:]}"
             nv = next_visit_for(
-                f"{time.strftime('%Y-%m-%dT%H:%M:%S')}.{v.seq_num}", start_utc=time.time(),
-                filters=v.physical_filter, ra=v.ra, dec=v.dec,
+                f"{night}T23:00:{v.seq_num:02d}.{time.monotonic_ns() % 1000:03d}",
+                start_utc=time.time(), filters=v.physical_filter, ra=v.ra, dec=v.dec,
             )  # fmt: skip
             await env.sender.next_visit(nv)
             await env.visit_preloaded(nv.group_id)

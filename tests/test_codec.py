@@ -151,5 +151,6 @@ async def test_completion_round_trip(registry: LocalSchemaRegistry) -> None:
         "runSeconds": 67.997,
         "counts": {"alerts": 3},
         "stageSeconds": {"isr": 0.1},
+        "failureKind": None,
     }
     assert await codec.decode(codec.encode(record)) == record

@@ -84,7 +84,7 @@ async def test_preload_reaches_pilots_first_and_same_filter_hits_cache(
             await env.sender.next_visit(nv)
             await env.visit_preloaded(nv.group_id)
             # Calibrations are in the assigned pilots' caches before any image exists.
-            visit = next(v for v in env.dispatcher.visits.values() if v.nv.group_id == nv.group_id)
+            visit = next(v for v in env.book.visits.values() if v.nv.group_id == nv.group_id)
             for job in visit.jobs.values():
                 pilot = next(p for p in env.pilots if p.config.pilot_id == job.pilot_id)
                 assert any(
@@ -104,7 +104,7 @@ async def test_image_before_next_visit_is_held_then_matched(isolated_settings: S
     async with dispatcher_env(isolated_settings, sleep_task_file(mean_s=0.01)) as env:
         nv = next_visit_for(group_id("early"), start_utc=time.time())
         await env.sender.images(image_arrivals(nv, range(10)))
-        await env.until(lambda: env.dispatcher.counts["held"] == 10)
+        await env.until(lambda: env.book.counts["held"] == 10)
         await env.sender.next_visit(nv)
         await env.sender.images(image_arrivals(nv, range(10, 189)))
         await env.completions.wait_for(189)
@@ -127,7 +127,7 @@ async def test_duplicate_events_never_make_a_second_job_or_run(isolated_settings
         assert len(env.completions.records) == 189
         assert env.completions.duplicates() == 0
         assert sum(p.jobs_run for p in env.pilots) == 189
-        assert env.dispatcher.counts["duplicates"] >= 1 + 50
+        assert env.book.counts["duplicates"] >= 1 + 50
         conn = await connect(env.settings.database_url or "")
         try:
             assert await conn.fetchval("SELECT count(*) FROM jobs") == 189
@@ -165,12 +165,12 @@ async def test_canceled_visit_cancels_jobs_not_started(isolated_settings: Settin
         # A cancel that comes before its next-visit: the visit is never resurrected.
         early = next_visit_for(group_id("cancel-early"), start_utc=time.time())
         await env.sender.cancel(early.group_id)
-        await env.until(lambda: early.group_id in env.dispatcher.canceled_groups)
+        await env.until(lambda: early.group_id in env.book.canceled)
         await env.sender.next_visit(early)
         await env.sender.images(image_arrivals(early, range(5)))
         await asyncio.sleep(1.0)
         assert len(env.completions.records) == 189
-        assert not any(v.nv.group_id == early.group_id for v in env.dispatcher.visits.values())
+        assert not any(v.nv.group_id == early.group_id for v in env.book.visits.values())
 
 
 async def test_images_that_never_arrive_expire(isolated_settings: Settings) -> None:
@@ -210,7 +210,7 @@ async def test_payload_failure_is_retried_up_to_max_attempts(isolated_settings: 
         for det, r in by_det.items():
             if det != 7:
                 assert (r["status"], r["attempt"]) == ("finished", 2)
-        assert env.dispatcher.counts["retries"] == 19 + 2
+        assert env.book.counts["retries"] == 19 + 2
         assert env.completions.duplicates() == 0
 
 

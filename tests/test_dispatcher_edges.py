@@ -12,7 +12,7 @@ import pytest
 
 from prompt.cluster import image_arrivals, next_visit_for, sleep_task_file, start_pilot
 from prompt.config import Settings
-from prompt.dispatcher.model import JobState
+from prompt.dispatcher.engine import JobState
 from prompt.pilot import Pilot, PilotConfig, PilotRefusedError, SyntheticCalibrations
 from prompt.store import connect
 from tests.env import dispatcher_env, group_id
@@ -36,7 +36,7 @@ async def test_visits_without_work_are_recorded_as_ignored(isolated_settings: Se
         good = next_visit_for(group_id("good"), start_utc=time.time())
         await env.sender.next_visit(good)
         await env.sender.images(image_arrivals(latiss, range(3)) + image_arrivals(good, range(3)))
-        await env.until(lambda: len(env.dispatcher.visits) == 1)
+        await env.until(lambda: len(env.book.visits) == 1)
         ignored = env.running.metrics.ignored
         await env.until(lambda: ignored.labels("next-visit", "no_task")._value.get() == 1)
         assert ignored.labels("next-visit", "stale")._value.get() == 1
@@ -63,7 +63,7 @@ async def test_pilot_with_a_wrong_token_is_refused(isolated_settings: Settings) 
         with pytest.raises(PilotRefusedError, match="bad token"):
             async with asyncio.timeout(20):
                 await Pilot(config, SyntheticCalibrations()).run(asyncio.Event())
-        assert env.dispatcher.pilots.connected() == []
+        assert env.book.pilots.connected() == []
 
 
 async def test_sigterm_pilot_finishes_running_jobs_then_exits(
@@ -75,11 +75,11 @@ async def test_sigterm_pilot_finishes_running_jobs_then_exits(
         pilot = start_pilot(
             env.settings, env.running.pilot_port, "drainer", slots=6, log_dir=tmp_path
         )
-        await env.until(lambda: len(env.dispatcher.pilots.connected()) == 1)
+        await env.until(lambda: len(env.book.pilots.connected()) == 1)
         nv = next_visit_for(group_id("drain"), start_utc=time.time())
         await env.sender.next_visit(nv)
         await env.sender.images(image_arrivals(nv, range(6)))
-        d = env.dispatcher
+        d = env.book
         await env.until(lambda: sum(j.state is JobState.RUNNING for j in d.jobs.values()) == 6)
         pilot.proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(pilot.proc.wait, 30)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from prompt.cluster import image_arrivals, next_visit_for, sleep_task_file
 from prompt.config import Settings, Topics
-from prompt.dispatcher.model import Visit, _day_obs
+from prompt.dispatcher.engine.model import Visit, _day_obs
 from prompt.events import (
     AvroCodec,
     EventError,

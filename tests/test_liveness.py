@@ -28,7 +28,7 @@ from prompt.cluster import (
     wait_for_pilots,
 )
 from prompt.config import Settings
-from prompt.dispatcher.model import JobState
+from prompt.dispatcher.engine import JobState
 from prompt.events import ImageArrival
 from prompt.store import connect
 from tests.env import dispatcher_env, group_id, served, service_settings
@@ -56,7 +56,7 @@ async def test_a_stalled_pilot_is_dropped_reconnects_and_gets_work_again(
         ]
         try:
             await wait_for_pilots(running, 2)
-            d = running.dispatcher
+            d = running.engine.book
             nv = next_visit_for(group_id("stall"), start_utc=time.time())
             await sender.next_visit(nv)
             await sender.images(image_arrivals(nv, range(20)))
@@ -107,7 +107,7 @@ async def test_a_job_frame_over_the_limit_fails_at_once_and_the_pilot_stays(
         for r in env.completions.records:
             assert r["status"] == "failed" and r["attempt"] == 1
             assert "frame limit" in r["error"] and "reconnected" not in r["error"]
-        assert len(env.dispatcher.pilots.connected()) == 2
+        assert len(env.book.pilots.connected()) == 2
         assert env.running.metrics.pilots_lost._value.get() == 0
 
 
@@ -211,7 +211,7 @@ async def test_readiness_shows_a_stalled_intake_or_writer_within_seconds(
         assert (await probe("/readyz"))[0] == 200
         nv = next_visit_for(group_id("stalled"), start_utc=time.time())
         intake_s = await stalled_while_locked(lambda: env.sender.next_visit(nv), "intake-control")
-        await env.until(lambda: bool(env.dispatcher.visits))
+        await env.until(lambda: bool(env.book.visits))
         writer_s = await stalled_while_locked(
             lambda: env.sender.images(image_arrivals(nv, range(10))), "writer"
         )

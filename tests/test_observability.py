@@ -91,7 +91,7 @@ async def test_a_visit_moves_the_metrics_and_dashboards_query_real_ones(
             await env.sender.images(image_arrivals(nv, range(20)))
             await env.sender.raw(env.settings.topics.next_visit, b"\x00\x00\x00\x00\x63bad")
             await env.until(lambda: env.running.metrics.dispatch._sum.get() > 0 and all(
-                j.state.value == "running" for j in env.dispatcher.jobs.values()))  # fmt: skip
+                j.state.value == "running" for j in env.book.jobs.values()))  # fmt: skip
             during = await scrape()
             await env.completions.wait_for(20)
             await env.until(lambda: env.running.publisher.published == 20)

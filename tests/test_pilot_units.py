@@ -122,24 +122,23 @@ def test_run_job_records_stages(kind: str) -> None:
 def test_a_job_waits_for_the_busy_pilot_holding_its_calibrations() -> None:
     from types import SimpleNamespace
 
-    from prompt.dispatcher.pilots import PilotRegistry, PilotSession
+    from prompt.dispatcher.engine.pilots import PilotRegistry, PilotState
 
     key = ("LSSTCam", 94, "r_57")
-    channel: Any = SimpleNamespace(closed=False)
-    holder = PilotSession("holder", 1, frozenset(), "", channel, cache={key})
+    holder = PilotState("holder", 1, frozenset(), "", connected=True, cache={key})
     holder.running = {1: None}  # type: ignore[dict-item]  # busy
-    cold = PilotSession("cold", 4, frozenset(), "", channel)
+    cold = PilotState("cold", 4, frozenset(), "", connected=True)
     pilots = PilotRegistry()
     pilots.pilots = {"holder": holder, "cold": cold}
     job: Any = SimpleNamespace(pilot_id="holder", tried=set(), cache_key=key)
 
     assert pilots.holder_waiting(job)
     assert pilots.choose_for_run(job, frozenset(), may_leave_cache=False) is None
-    warm = PilotSession("warm", 4, frozenset(), "", channel, cache={key})
+    warm = PilotState("warm", 4, frozenset(), "", connected=True, cache={key})
     pilots.pilots["warm"] = warm
     assert pilots.choose_for_run(job, frozenset(), may_leave_cache=False) is warm
     del pilots.pilots["warm"]
     # Once it has waited long enough (or its pilot is gone) any free pilot takes it.
     assert pilots.choose_for_run(job, frozenset(), may_leave_cache=True) is cold
-    holder.channel = None
+    holder.connected = False
     assert not pilots.holder_waiting(job)

@@ -107,7 +107,7 @@ async def test_a_record_the_database_refuses_is_dead_lettered_and_its_images_wai
         (letter,) = await dead_letters(env, 1)
         assert letter["prompt.reason"] == "rejected"
         assert "injected fault on visits" in letter["prompt.error"]
-        await env.until(lambda: len(env.dispatcher.held) == 189)
+        await env.until(lambda: len(env.book.held) == 189)
         await env.sender.next_visit(nv)  # the observatory sends it again; now it goes in
         await env.completions.wait_for(189, timeout=60)
         assert Counter(r["status"] for r in env.completions.records) == {"finished": 189}
@@ -224,7 +224,7 @@ async def test_recovery_survives_unusable_stored_rows_and_expiry_goes_on(
     finally:
         await conn.close()
     async with dispatcher_env(isolated_settings, tasks, pilots=1) as env:
-        assert not env.dispatcher.visits, "the unusable visit stays out of memory"
+        assert not env.book.visits, "the unusable visit stays out of memory"
         nv = next_visit_for(group_id("never"), start_utc=time.time(), duration=0.1)
         await env.sender.next_visit(nv)
         await env.completions.wait_for(4, timeout=30)

@@ -21,7 +21,7 @@ from prompt.cluster import (
     wait_for_pilots,
 )
 from prompt.config import Settings
-from prompt.dispatcher.model import JobState
+from prompt.dispatcher.engine import JobState
 from prompt.store import connect
 from prompt.tasks.spec import Selectors
 from tests.env import dispatcher_env, group_id, served, service_settings
@@ -45,7 +45,7 @@ async def test_pilot_killed_mid_job_is_redispatched(
         ]
         try:
             await wait_for_pilots(running, 2)
-            d = running.dispatcher
+            d = running.engine.book
             nv = next_visit_for(group_id("kill"), start_utc=time.time())
             await sender.next_visit(nv)
             await sender.images(image_arrivals(nv, range(20)))
@@ -77,11 +77,10 @@ async def test_reconnecting_pilot_keeps_its_jobs(isolated_settings: Settings) ->
         nv = next_visit_for(group_id("blip"), start_utc=time.time())
         await env.sender.next_visit(nv)
         await env.sender.images(image_arrivals(nv, range(8)))
-        d = env.dispatcher
+        d = env.book
         await env.until(lambda: sum(j.state is JobState.RUNNING for j in d.jobs.values()) == 8)
-        session = d.pilots.pilots["pilot-0"]
-        assert session.channel is not None
-        session.channel.abort()  # the network drops the connection; the pilot reconnects
+        channel = env.running.runtime.channels["pilot-0"]
+        channel.abort()  # the network drops the connection; the pilot reconnects
         await env.completions.wait_for(8)
         await asyncio.sleep(0.5)
     assert Counter((r["status"], r["attempt"]) for r in env.completions.records) == {
@@ -158,7 +157,7 @@ async def test_recovery_applies_held_rows_and_keeps_only_those_still_waiting(
     async with InProcessDispatcher(settings) as running, EventSender(settings) as sender:
         await sender.next_visit(nv)
         async with asyncio.timeout(20):
-            while not running.dispatcher.visits:
+            while not running.engine.book.visits:
                 await asyncio.sleep(0.02)
     conn = await connect(settings.database_url or "")
     try:
@@ -170,9 +169,9 @@ async def test_recovery_applies_held_rows_and_keeps_only_those_still_waiting(
                 time.time(),
             )
         async with InProcessDispatcher(settings) as running:
-            visit = next(iter(running.dispatcher.visits.values()))
+            visit = next(iter(running.engine.book.visits.values()))
             assert visit.jobs[2].snaps_mask == 1, "the orphaned row's image was applied"
-            assert running.dispatcher.held.keys() == [("LSSTCam", "not-yet-announced")]
+            assert running.engine.book.held.keys() == [("LSSTCam", "not-yet-announced")]
         rows = await conn.fetch("SELECT group_id FROM held_images")
         assert [r["group_id"] for r in rows] == ["not-yet-announced"]
     finally:

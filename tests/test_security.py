@@ -159,7 +159,7 @@ async def test_pilots_that_cannot_verify_or_speak_tls_stop_with_a_clear_error(
             assert "a dispatcher with TLS does this to a plain TCP pilot" in log
             assert log.count('"dispatcher closed the connection before answering"') == 2
             await wait_for_pilots(env.running, 1)
-            assert [s.id for s in env.dispatcher.pilots.connected()] == ["good"]
+            assert [s.id for s in env.book.pilots.connected()] == ["good"]
             assert good.proc.poll() is None
         finally:
             for proc in (good, wrong_ca, wrong_name, plain):  # off the loop the dispatcher is on
@@ -188,7 +188,7 @@ async def test_mutual_tls_refuses_pilots_without_a_trusted_client_certificate(
                     "requires mutual TLS does this to a pilot without a client certificate" in log
                 )
                 assert "PROMPT_PILOT_TLS_CLIENT_CERT" in log
-            assert env.dispatcher.pilots.pilots == {}
+            assert env.book.pilots.pilots == {}
         finally:
             for proc in (no_cert, foreign):
                 await asyncio.to_thread(proc.stop_if_running)

@@ -139,7 +139,7 @@ async def test_plain_tcp_on_a_network_address_is_warned_about(certs: Certs) -> N
     tls = dispatcher_context(settings(cert=certs.server_cert, key=certs.server_key))
     warnings = {}
     for host, ctx in [("127.0.0.1", None), ("0.0.0.0", None), ("0.0.0.0", tls)]:
-        server = PilotServer(None, "t", 1.0)  # type: ignore[arg-type]  # never registers a pilot
+        server = PilotServer(None, "t")  # type: ignore[arg-type]  # never registers a pilot
         with structlog.testing.capture_logs() as logs:
             await server.start(host, 0, ctx)
         await server.close()

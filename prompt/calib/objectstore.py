@@ -17,6 +17,10 @@ class ObjectStoreError(Exception):
     """Raised for missing objects and unsupported store URLs."""
 
 
+class ObjectNotFoundError(ObjectStoreError):
+    """The store answered: there is no such object (retrying will not make one)."""
+
+
 class ObjectStore(Protocol):
     def get(self, key: str) -> bytes: ...
 
@@ -44,7 +48,7 @@ class FileStore:
         try:
             data = self._path(key).read_bytes()
         except FileNotFoundError as exc:
-            raise ObjectStoreError(f"no object {key!r} in {self.uri('')}") from exc
+            raise ObjectNotFoundError(f"no object {key!r} in {self.uri('')}") from exc
         self.reads += 1
         return data
 
@@ -78,5 +82,5 @@ def read_uri(uri: str) -> bytes:
         try:
             return Path(parsed.path).read_bytes()
         except FileNotFoundError as exc:
-            raise ObjectStoreError(f"no object at {uri}") from exc
+            raise ObjectNotFoundError(f"no object at {uri}") from exc
     raise ObjectStoreError(f"cannot read {uri!r}: only file:// URIs are supported")

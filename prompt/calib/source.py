@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from prompt.calib.errors import MissingCalibrationError
 from prompt.calib.fitsio import read_image
 from prompt.calib.index import CalibIndex
 from prompt.calib.layout import index_key, template_key
@@ -24,11 +25,9 @@ from prompt.pilot.cache import CacheEntry, CacheKey
 
 CALIB_TYPES = ("bias", "dark", "flat")
 TEMPLATE = "template"
+__all__ = ["MissingCalibrationError", "StoreCalibrations"]
+
 HEADER_KEYS = ("GAIN", "RDNOISE", "PSFSIG", "NOISE", "REGION", "BAND", "VALIDFR", "VALIDTO")
-
-
-class MissingCalibrationError(LookupError):
-    """No calibration in the index is valid for the job (not retriable by reloading)."""
 
 
 class StoreCalibrations:

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from prompt.dispatcher.auth import require_token
-from prompt.dispatcher.core import Dispatcher
+from prompt.dispatcher.engine import Engine, Snapshot
 from prompt.dispatcher.health import Health
-from prompt.dispatcher.operator import operator_snapshot
 from prompt.metrics import DispatcherMetrics
 
 if TYPE_CHECKING:
@@ -32,42 +31,13 @@ class TermView:
     def __init__(self) -> None:
         self.running: Running | None = None
 
-    @property
-    def dispatcher(self) -> Dispatcher | None:
-        return None if self.running is None else self.running.dispatcher
+    def snapshot(self) -> Snapshot | None:
+        """The read model of the term's state (built on each call)."""
+        return None if self.running is None else self.running.engine.snapshot()
 
 
-def status_snapshot(d: Dispatcher) -> dict[str, Any]:
-    states = Counter(job.state.value for job in d.jobs.values())
-    return {
-        "visits_in_flight": [
-            {
-                "instrument": v.nv.instrument,
-                "group": v.nv.group_id,
-                "task": v.task.name,
-                "open_jobs": v.open_jobs,
-                "jobs": len(v.jobs),
-                "preloaded": sum(1 for j in v.jobs.values() if j.preloaded is not None),
-            }
-            for v in d.visits.values()
-        ],
-        "jobs_by_state": dict(states),
-        "ready_queue": len(d._ready),
-        "held_images": len(d.held),
-        "pilots": [
-            {
-                "id": p.id,
-                "host": p.host,
-                "connected": p.connected,
-                "slots": p.slots,
-                "running": len(p.running),
-                "draining": p.draining,
-                "cache_entries": len(p.cache),
-                "cache_stats": p.cache_stats,
-            }
-            for p in d.pilots.pilots.values()
-        ],
-    }
+def _json(doc: dict[str, Any]) -> bytes:
+    return orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
 
 
 OPERATOR_PAGE = Path(__file__).with_name("operator.html")
@@ -87,14 +57,14 @@ def make_app(
     operator = require_token(operator_token)
     page = OPERATOR_PAGE.read_bytes()  # read once, at start-up
 
-    def leading() -> Dispatcher:
-        d = view.dispatcher
-        if d is None:
+    def leading() -> Running:
+        running = view.running
+        if running is None:
             raise web.HTTPServiceUnavailable(
                 text=orjson.dumps({"role": health.role, "error": "not the leader"}).decode(),
                 content_type="application/json",
             )
-        return d
+        return running
 
     async def root_view(_: web.Request) -> web.Response:
         raise web.HTTPFound("/ui")
@@ -103,10 +73,9 @@ def make_app(
         return web.Response(body=page, content_type="text/html", charset="utf-8")
 
     async def snapshot_view(_: web.Request) -> web.Response:
-        return web.Response(
-            body=orjson.dumps(operator_snapshot(leading()), option=orjson.OPT_NON_STR_KEYS),
-            content_type="application/json",
-        )
+        snap = leading().engine.snapshot()
+        return web.Response(body=_json(snap.to_json(with_errors=True)),
+                            content_type="application/json")  # fmt: skip
 
     async def stream_view(request: web.Request) -> web.StreamResponse:
         """Server-sent events: one snapshot a second until the client or the service goes."""
@@ -114,11 +83,9 @@ def make_app(
         await resp.prepare(request)
         try:
             while not closing.is_set():
-                d = view.dispatcher
-                doc = operator_snapshot(d) if d is not None else {"role": health.role}
-                await resp.write(
-                    b"data: " + orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS) + b"\n\n"
-                )
+                snap = view.snapshot()
+                doc = {"role": health.role} if snap is None else snap.to_json(with_errors=True)
+                await resp.write(b"data: " + _json(doc) + b"\n\n")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(closing.wait(), STREAM_INTERVAL_S)
         except (ConnectionResetError, ConnectionError):
@@ -127,7 +94,8 @@ def make_app(
 
     async def log_view(request: web.Request) -> web.Response:
         job_id = int(request.match_info["job"])
-        text = await job_log(leading(), job_id)
+        running = leading()
+        text = await job_log(running.engine, running.runtime.pool, job_id)
         if text is None:
             raise web.HTTPNotFound(text=f"no job {job_id}")
         return web.Response(text=text or "(no output)", content_type="text/plain")
@@ -149,7 +117,9 @@ def make_app(
         return web.json_response(state, status=200 if state["ready"] else 503)
 
     async def status_view(_: web.Request) -> web.Response:
-        return web.json_response(status_snapshot(leading()))
+        snap = leading().engine.snapshot()
+        return web.Response(body=_json(snap.to_json(with_errors=False)),
+                            content_type="application/json")  # fmt: skip
 
     app = web.Application()
     app.on_shutdown.append(on_shutdown)
@@ -165,12 +135,12 @@ def make_app(
     return app
 
 
-async def job_log(d: Dispatcher, job_id: int) -> str | None:
+async def job_log(engine: Engine, pool: asyncpg.Pool, job_id: int) -> str | None:
     """The payload's output (bounded) for a job: from memory if open, else from the database."""
-    job = d.jobs.get(job_id)
-    if job is not None and job.result is not None:
-        return str(job.result.get("log", ""))
-    async with d.pool.acquire() as conn:
+    log = engine.job_log(job_id)
+    if log is not None:
+        return log
+    async with pool.acquire() as conn:
         row = await conn.fetchrow("SELECT result FROM jobs WHERE id = $1", job_id)
     if row is None:
         return None

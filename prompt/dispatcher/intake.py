@@ -30,9 +30,9 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 
 from prompt.bounds import bound_error
-from prompt.dispatcher.core import Dispatcher
 from prompt.dispatcher.deadletters import DeadLetters
 from prompt.dispatcher.health import Health
+from prompt.dispatcher.runtime import Runtime
 from prompt.dispatcher.writer import StateWriter
 from prompt.events import (
     AvroCodec,
@@ -70,7 +70,7 @@ class Intake:
         control_options: dict[str, Any],
         name: str,
         topics: dict[str, str],
-        dispatcher: Dispatcher,
+        runtime: Runtime,
         writer: StateWriter,
         codecs: dict[str, AvroCodec],
         dead_letters: DeadLetters,
@@ -85,7 +85,7 @@ class Intake:
         self._name = name
         self._topics = topics  # kind -> topic
         self._kind_of = {t: k for k, t in topics.items()}
-        self._d = dispatcher
+        self._rt = runtime
         self._writer = writer
         self._codecs = codecs
         self._dlq = dead_letters
@@ -287,14 +287,11 @@ class Intake:
 
         async def handle() -> None:
             record = await decode_consumed(self._codecs[kind], msg)
+            at = (msg.topic, msg.partition, msg.offset)
             if kind == "next-visit":
-                nv = limits.next_visit(record)
-                await self._d.on_next_visit(
-                    nv, record, msg.topic, msg.partition, msg.offset, consumed
-                )
+                await self._rt.next_visit(limits.next_visit(record), record, consumed, at)
             else:
-                group = limits.cancel_group(record)
-                await self._d.on_canceled(group, msg.topic, msg.partition, msg.offset, consumed)
+                await self._rt.cancel(limits.cancel_group(record), consumed, at)
 
         await self._guarded(msg, kind, "intake-control", handle)
 
@@ -318,7 +315,7 @@ class Intake:
             items = await decode_image_message(self._codecs["image-arrival"], msg.value)
             for item in items:
                 arrival = item if isinstance(item, ImageArrival) else await self._resolve(item)
-                await self._d.handle_image(limits.image_arrival(arrival), consumed)
+                await self._rt.image(limits.image_arrival(arrival), consumed)
 
         await self._guarded(msg, "image-arrival", "intake-images", handle)
 

@@ -6,25 +6,33 @@ import asyncio
 import contextlib
 import socket
 import ssl
-import time
+from typing import Any
 
 import structlog
 
+from prompt.bounds import clean_text, has_control
 from prompt.channel import protocol as p
 from prompt.channel.protocol import Channel, ProtocolError
 from prompt.channel.tls import is_loopback
 from prompt.credentials import token_matches
-from prompt.dispatcher.core import Dispatcher
-from prompt.dispatcher.pilots import PilotSession
+from prompt.dispatcher.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 
 
+ID_LIMIT = 128
+CACHE_LIMIT = 100_000
+"""Cache entries a pilot may announce (the cache summary is a list of keys)."""
+_PILOT_MESSAGES = frozenset({p.STARTED, p.FINISHED, p.HEARTBEAT, p.PRELOADED, p.POLL})
+
+
 class PilotServer:
-    def __init__(self, dispatcher: Dispatcher, token: str, heartbeat_s: float) -> None:
-        self._d = dispatcher
+    """Accepts pilot connections: authenticates, registers them with the engine (through the
+    runtime, which keeps their channels), and hands it their messages."""
+
+    def __init__(self, runtime: Runtime, token: str) -> None:
+        self._rt = runtime
         self._token = token.encode()
-        self._heartbeat_s = heartbeat_s
         self._server: asyncio.Server | None = None
         self._connections: set[Channel] = set()
 
@@ -62,7 +70,8 @@ class PilotServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         channel = Channel(reader, writer)
         self._connections.add(channel)
-        session: PilotSession | None = None
+        pilot_id: str | None = None
+        rt = self._rt
         try:
             try:
                 hello = await asyncio.wait_for(channel.receive(), 10)
@@ -71,37 +80,33 @@ class PilotServer:
                 return
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return
-            session = self._register(channel, hello)
-            if session is None:
+            pilot_id = self._register(channel, hello)
+            if pilot_id is None:
                 return
-            d = self._d
             while True:
                 msg = await channel.receive()
-                session.last_seen = time.monotonic()
-                kind = msg["t"]
-                if kind == p.STARTED:
-                    d.on_started(session, msg)
-                elif kind == p.FINISHED:
-                    d.on_finished(session, msg)
-                elif kind == p.HEARTBEAT:
-                    d.on_heartbeat(session, msg)
-                elif kind == p.PRELOADED:
-                    d.on_preloaded(session, msg)
-                elif kind == p.POLL:
-                    d.on_poll(session, msg)
-                else:
-                    log.warning("unknown pilot message", pilot=session.id, type=kind)
+                if msg["t"] not in _PILOT_MESSAGES:
+                    log.warning("unknown pilot message", pilot=pilot_id, type=msg["t"][:40])
+                    continue
+                try:
+                    rt.apply(rt.engine.pilot_message(pilot_id, msg))
+                except (KeyError, TypeError, ValueError) as exc:
+                    # Our pilots never send these; a foreign or broken one is told off, once
+                    # per message, and the connection stays.
+                    log.warning("malformed pilot message", pilot=pilot_id, type=msg["t"],
+                                error=repr(exc)[:200])  # fmt: skip
         except (asyncio.IncompleteReadError, ConnectionError, ProtocolError) as exc:
-            if session is not None:
-                level = log.info if session.draining else log.warning
-                level("pilot connection closed", pilot=session.id, error=repr(exc))
+            if pilot_id is not None:
+                log.info("pilot connection closed", pilot=pilot_id, error=repr(exc))
         finally:
             self._connections.discard(channel)
-            if session is not None:
-                self._d.pilot_connection_closed(session, channel)
+            if pilot_id is not None and rt.channels.get(pilot_id) is channel:
+                del rt.channels[pilot_id]
+                rt.apply(rt.engine.disconnected(pilot_id))
             await channel.close()
 
-    def _register(self, channel: Channel, msg: p.Message) -> PilotSession | None:
+    def _register(self, channel: Channel, msg: p.Message) -> str | None:
+        """The pilot's id once registered; None if refused (and told why)."""
         if msg.get("t") != p.REGISTER:
             self._refuse(channel, "the first message must be register")
             return None
@@ -109,34 +114,41 @@ class PilotServer:
             self._refuse(channel, "bad token")
             return None
         try:
-            pilot_id = str(msg["pilot"])
-            slots = int(msg["slots"])
-            claimed = [(int(j), int(a)) for j, a in msg.get("running", [])]
-            cache = {(c[0], int(c[1]), c[2]) for c in msg.get("cache", [])}
-        except (KeyError, TypeError, ValueError) as exc:
-            self._refuse(channel, f"malformed register: {exc!r}")
+            details = _registration(msg)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            self._refuse(channel, f"malformed register: {repr(exc)[:200]}")
             return None
-        if slots < 1 or not pilot_id:
-            self._refuse(channel, "register needs a pilot id and slots >= 1")
-            return None
-        pilots = self._d.pilots.pilots
-        session = pilots.get(pilot_id)
-        if session is None:
-            session = PilotSession(pilot_id, slots, frozenset(), "", None)
-            pilots[pilot_id] = session
-        elif session.channel is not None and session.channel is not channel:
+        pilot_id: str = details.pop("pilot_id")
+        rt = self._rt
+        old = rt.channels.get(pilot_id)
+        if old is not None and old is not channel:
             log.info("pilot reconnected; old connection dropped", pilot=pilot_id)
-            session.channel.abort()
-        session.slots = slots
-        session.labels = frozenset(str(x) for x in msg.get("labels", []))
-        session.host = str(msg.get("host", ""))
-        session.channel = channel
-        session.draining = bool(msg.get("draining"))
-        session.cache = cache
-        session.last_seen = time.monotonic()
-        session.disconnected_at = None
-        channel.send({"t": p.WELCOME, "heartbeat_s": self._heartbeat_s})
-        log.info("pilot registered", pilot=pilot_id, slots=slots, peer=channel.peer,
-                 claimed=len(claimed))  # fmt: skip
-        self._d.pilot_registered(session, claimed)
-        return session
+            old.abort()
+        rt.channels[pilot_id] = channel
+        channel.send(rt.engine.welcome())
+        log.info("pilot registered", pilot=pilot_id, slots=details["slots"], peer=channel.peer,
+                 claimed=len(details["claimed"]))  # fmt: skip
+        rt.apply(rt.engine.registered(pilot_id, **details))
+        return pilot_id
+
+
+def _registration(msg: p.Message) -> dict[str, Any]:
+    """What a register message says, checked: it comes from the network."""
+    pilot_id = str(msg["pilot"])
+    slots = int(msg["slots"])
+    if not pilot_id or len(pilot_id) > ID_LIMIT or has_control(pilot_id):
+        raise ValueError(f"a pilot id is 1-{ID_LIMIT} printable characters")
+    if not 1 <= slots <= 10_000:
+        raise ValueError("slots must be between 1 and 10000")
+    cache = msg.get("cache") or []
+    if len(cache) > CACHE_LIMIT:
+        raise ValueError(f"a cache summary of more than {CACHE_LIMIT} entries")
+    return {
+        "pilot_id": pilot_id,
+        "slots": slots,
+        "labels": frozenset(clean_text(str(x))[:ID_LIMIT] for x in msg.get("labels") or []),
+        "host": clean_text(str(msg.get("host", "")))[:ID_LIMIT],
+        "cache": {(str(c[0]), int(c[1]), str(c[2])) for c in cache},
+        "draining": bool(msg.get("draining")),
+        "claimed": [(int(j), int(a)) for j, a in msg.get("running") or []],
+    }

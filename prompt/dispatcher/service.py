@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError
 from prompt.channel.tls import dispatcher_context
 from prompt.config import Settings
 from prompt.dispatcher.config import DispatcherConfig
+from prompt.dispatcher.engine import EngineConfig
 from prompt.dispatcher.health import Health
 from prompt.dispatcher.http import TermView, make_app
 from prompt.dispatcher.intake import DependencyError
@@ -41,6 +42,9 @@ log = structlog.get_logger(__name__)
 
 __all__ = ["Running", "dispatcher_config", "serve"]
 
+SCHEDULING = {"warm": "push", "cold": "poll"}
+"""PROMPT_DISPATCH_MODE -> the engine's scheduling."""
+
 
 def dispatcher_config(settings: Settings) -> DispatcherConfig:
     """Raises ValueError (TLSConfigError for TLS files) naming the setting that is wrong."""
@@ -55,11 +59,15 @@ def dispatcher_config(settings: Settings) -> DispatcherConfig:
         token=settings.pilot_token.get_secret_value(),
         operator_token=operator.get_secret_value() if operator is not None else "",
         pilot_tls=dispatcher_context(settings),
-        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        engine=EngineConfig(
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+            heartbeat_s=settings.heartbeat_timeout_s / 4,
+            affinity_wait_s=settings.affinity_wait_s,
+            poll_s=settings.poll_s,
+        ),
+        scheduling=SCHEDULING[settings.dispatch_mode],
         drain_timeout_s=settings.drain_timeout_s,
         start_from=settings.start_from,
-        mode=settings.dispatch_mode,
-        affinity_wait_s=settings.affinity_wait_s,
         dependency_retry_s=settings.dependency_retry_s,
     )
 

@@ -23,14 +23,15 @@ from aiokafka import AIOKafkaProducer
 
 from prompt.config import Settings
 from prompt.dispatcher.config import DispatcherConfig
-from prompt.dispatcher.core import Dispatcher
 from prompt.dispatcher.deadletters import DeadLetters
+from prompt.dispatcher.engine import Engine
 from prompt.dispatcher.health import Health
 from prompt.dispatcher.intake import Intake
 from prompt.dispatcher.leadership import Fence, Leadership
 from prompt.dispatcher.outbox import CompletionPublisher
 from prompt.dispatcher.pilot_server import PilotServer
-from prompt.dispatcher.recovery import recover_state
+from prompt.dispatcher.recovery import recover
+from prompt.dispatcher.runtime import Runtime
 from prompt.dispatcher.writer import StateWriter
 from prompt.events import AvroCodec, EventKind, SchemaRegistry
 from prompt.events.raw_metadata import RawMetadataResolver
@@ -52,7 +53,8 @@ class LeadershipLostError(RuntimeError):
 class Running:
     """Handles on the running term, for the CLI, the HTTP side, tests and benchmarks."""
 
-    dispatcher: Dispatcher
+    runtime: Runtime
+    engine: Engine
     metrics: DispatcherMetrics
     writer: StateWriter
     publisher: CompletionPublisher
@@ -109,8 +111,10 @@ async def run_term(
         )  # fmt: skip
         async with pool.acquire() as conn:
             tasks = await load_active_tasks(conn)
-            dispatcher = Dispatcher(config, pool, fence, writer, completion_codec, metrics, tasks)
-            await recover_state(dispatcher, conn)
+            engine = Engine(config.engine, scheduling_name=config.scheduling,
+                            codec=completion_codec, metrics=metrics, tasks=tasks)  # fmt: skip
+            runtime = Runtime(engine, pool, fence, writer, config.name, metrics)
+            await recover(runtime, conn, fence)
         await publisher.recover()
         health.probe("writer", lambda: _age(writer.oldest_change))
         health.probe("publisher", publisher.waiting_s)
@@ -119,8 +123,8 @@ async def run_term(
 
         async def reload_tasks() -> None:
             async with pool.acquire() as conn:
-                dispatcher.tasks = await load_active_tasks(conn)
-            log.info("tasks reloaded", tasks=[t.name for t in dispatcher.tasks])
+                engine.tasks = await load_active_tasks(conn)
+            log.info("tasks reloaded", tasks=[t.name for t in engine.tasks])
 
         def on_notify(*_: object) -> None:
             task = asyncio.get_running_loop().create_task(reload_tasks())
@@ -129,7 +133,7 @@ async def run_term(
 
         await leadership.connection.add_listener("prompt_tasks", on_notify)
 
-        server = PilotServer(dispatcher, config.token, heartbeat_s=config.heartbeat_timeout_s / 4)
+        server = PilotServer(runtime, config.token)
         pilot_port = await server.start(settings.pilot_host, settings.pilot_port, config.pilot_tls)
         dead_letters = DeadLetters(producer, topics.dead_letter, metrics)
         resolver = RawMetadataResolver(settings.raw_root) if settings.raw_root else None
@@ -144,7 +148,7 @@ async def run_term(
                 "next-visit-canceled": topics.next_visit_canceled,
                 "image-arrival": topics.image_arrival,
             },
-            dispatcher=dispatcher,
+            runtime=runtime,
             writer=writer,
             codecs=codecs,
             dead_letters=dead_letters,
@@ -158,33 +162,31 @@ async def run_term(
             background = [
                 tg.create_task(writer.run(), name="state-writer"),
                 tg.create_task(publisher.run(), name="completion-publisher"),
-                tg.create_task(
-                    _sweeper(dispatcher, intake, config.sweep_interval_s), name="sweeper"
-                ),
+                tg.create_task(_sweeper(runtime, intake, config.sweep_interval_s), name="sweeper"),
                 tg.create_task(leadership.watch(), name="leader-lock-watch"),
                 tg.create_task(_until_lost(leadership), name="leadership"),
             ]
             freeze_startup_objects()
-            await _wait_for_pilots(dispatcher, config.heartbeat_timeout_s, stop)
+            await _wait_for_pilots(engine, config.engine.heartbeat_timeout_s, stop)
             positions = await intake.start(pool, stop)
             loops = [
                 tg.create_task(intake.run_control(), name="intake-control"),
                 tg.create_task(intake.run_images(), name="intake-images"),
             ]
-            running = Running(dispatcher, metrics, writer, publisher, pilot_port, ctx.http_port,
-                              dead_letters, intake)  # fmt: skip
+            running = Running(runtime, engine, metrics, writer, publisher, pilot_port,
+                              ctx.http_port, dead_letters, intake)  # fmt: skip
             on_running(running)
             log.info("dispatcher ready", pilot_port=pilot_port, http_port=ctx.http_port,
-                     epoch=fence.epoch, tasks=[t.name for t in dispatcher.tasks],
+                     epoch=fence.epoch, tasks=[t.name for t in engine.tasks],
                      resume_at=positions)  # fmt: skip
             await stop.wait()
             graceful = True
             log.info("stopping: intake closed, draining jobs on pilots",
-                     on_pilots=dispatcher.in_flight_on_pilots())  # fmt: skip
+                     on_pilots=engine.in_flight_on_pilots())  # fmt: skip
             health.role = "stepping-down"
             intake.stop()
             await asyncio.gather(*loops)
-            await _drain(dispatcher, config.drain_timeout_s)
+            await _drain(engine, config.drain_timeout_s)
             await asyncio.wait_for(writer.flush(), 30)
             with contextlib.suppress(TimeoutError):
                 await publisher.flush(10)
@@ -219,27 +221,26 @@ async def _until_lost(leadership: Leadership) -> None:
     raise LeadershipLostError(leadership.why_lost)
 
 
-async def _sweeper(d: Dispatcher, intake: Intake, interval: float) -> None:
+async def _sweeper(runtime: Runtime, intake: Intake, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
-        d.sweep(images_read=intake.images_read())
+        runtime.sweep(images_read=intake.images_read())
 
 
-async def _wait_for_pilots(d: Dispatcher, grace: float, stop: asyncio.Event) -> None:
+async def _wait_for_pilots(engine: Engine, grace: float, stop: asyncio.Event) -> None:
     """After a restart, give pilots that held jobs a chance to reconnect before images flow,
     so their jobs are claimed rather than run again elsewhere."""
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and not stop.is_set():
-        waiting = [p for p in d.pilots.pilots.values() if not p.connected and p.running]
-        if not waiting:
+        if not engine.pilots_awaited():
             return
         await asyncio.sleep(0.05)
 
 
-async def _drain(d: Dispatcher, within_s: float) -> None:
+async def _drain(engine: Engine, within_s: float) -> None:
     deadline = time.monotonic() + within_s
-    while d.in_flight_on_pilots() and time.monotonic() < deadline:
+    while engine.in_flight_on_pilots() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    left = d.in_flight_on_pilots()
+    left = engine.in_flight_on_pilots()
     if left:
         log.warning("drain timeout: jobs still on pilots stay in the database", jobs=left)

@@ -27,8 +27,8 @@ import asyncpg
 import structlog
 
 from prompt.bounds import bound_error
+from prompt.dispatcher.engine.model import Job, VisitKey
 from prompt.dispatcher.leadership import Fence
-from prompt.dispatcher.model import Job, VisitKey
 from prompt.store.errors import DB_ERRORS, is_transient
 
 log = structlog.get_logger(__name__)
@@ -37,7 +37,7 @@ _JOB_UPDATE = """
 UPDATE jobs SET state = $2, attempt = $3, pilot_id = $4, image_uri = $5, snaps_mask = $6,
     cache_hit = $7, error = $8, deadline = $9, image_arrived_at = $10, image_consumed_at = $11,
     dispatched_at = $12, started_at = $13, finished_at = $14, completed_at = $15, result = $16,
-    snap_uris = $17, snap_obs_ids = $18
+    snap_uris = $17, snap_obs_ids = $18, failure = $19
 WHERE id = $1"""
 _OUTBOX = """INSERT INTO completion_outbox (job_id, value, created_at) VALUES ($1, $2, $3)
 ON CONFLICT (job_id) DO NOTHING"""
@@ -70,6 +70,7 @@ def job_row(job: Job) -> tuple[Any, ...]:
         job.cache_hit, job.error, job.deadline, job.image_arrived, job.image_consumed,
         job.dispatched, job.started, job.finished, job.completed, job.result,
         _by_snap(job.snap_uris), _by_snap(job.snap_obs_ids),
+        job.failure.value if job.failure else None,
     )  # fmt: skip
 
 

@@ -32,7 +32,7 @@ CONTRACTS: dict[EventKind, ContractInfo] = {
     EventKind.NEXT_VISIT: ContractInfo("next_visit.avsc", 1),
     EventKind.NEXT_VISIT_CANCELED: ContractInfo("next_visit_canceled.avsc", 2),
     EventKind.IMAGE_ARRIVAL: ContractInfo("image_arrival.avsc", 3),
-    EventKind.COMPLETION: ContractInfo("completion.avsc", 4),
+    EventKind.COMPLETION: ContractInfo("completion.avsc", 5),  # 4: before failureKind
 }
 
 

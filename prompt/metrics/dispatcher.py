@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from prompt.channel.messages import FailureKindName
 
 MS_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 E2E_BUCKETS_S = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300)
 JOB_STATUSES = ("finished", "failed", "late", "expired", "canceled")
+FAILURE_KINDS = get_args(FailureKindName)
 EVENT_KINDS = ("next-visit", "next-visit-canceled", "image-arrival")
 # Known label sets, exported as 0 from the start so rules and dashboards see zeros, not gaps.
 DEAD_LETTER_REASONS = (
@@ -66,6 +71,12 @@ class DispatcherMetrics:
             "prompt_jobs_completed_total", "jobs by final status", ["status"], registry=r
         )
         self.retries = Counter("prompt_job_retries_total", "jobs dispatched again", registry=r)
+        self.failures = Counter(
+            "prompt_jobs_failed_total",
+            "jobs that ended failed, by the kind of their last failure",
+            ["kind"],
+            registry=r,
+        )
         self.completions_published = Counter(
             "prompt_completions_published_total", "completion events on Kafka", registry=r
         )
@@ -110,3 +121,5 @@ class DispatcherMetrics:
                 self.ignored.labels(kind, reason)
         for outcome in ("hit", "miss"):
             self.preload.labels(outcome)
+        for kind in FAILURE_KINDS:
+            self.failures.labels(kind)

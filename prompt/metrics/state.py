@@ -3,8 +3,6 @@ path updates them, and they are always consistent with each other."""
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -46,45 +44,37 @@ class DispatcherStateCollector(Collector):
         running = self._view.running
         if running is None:
             return
-        d = running.dispatcher
-        states = Counter(job.state.value for job in d.jobs.values())
+        snap = running.engine.snapshot()
         jobs = GaugeMetricFamily("prompt_jobs", "open jobs by state", labels=["state"])
-        for state in OPEN_STATES:
-            jobs.add_metric([state], states.get(state, 0))
+        for state, count in snap.jobs_by_state.items():
+            jobs.add_metric([state], count)
         yield jobs
-        yield GaugeMetricFamily("prompt_visits_open", "visits with open jobs", value=len(d.visits))
+        in_flight = sum(1 for v in snap.visits if v["status"] == "in flight")
+        yield GaugeMetricFamily("prompt_visits_open", "visits with open jobs", value=in_flight)
         yield GaugeMetricFamily(
-            "prompt_ready_queue", "jobs ready and waiting for a free slot", value=len(d._ready)
+            "prompt_ready_queue", "jobs ready and waiting for a free slot", value=snap.ready_queue
         )
         yield GaugeMetricFamily(
-            "prompt_held_images",
-            "image arrivals waiting for their next-visit",
-            value=len(d.held),
-        )
-        pilots = [p for p in d.pilots.pilots.values() if p.connected]
+            "prompt_held_images", "image arrivals waiting for their next-visit",
+            value=snap.held_images,
+        )  # fmt: skip
+        pilots = snap.connected_pilots
         yield GaugeMetricFamily(
             "prompt_pilots", "pilots with an open connection", value=len(pilots)
         )
         yield GaugeMetricFamily(
-            "prompt_pilot_slots",
-            "job slots of connected pilots",
-            value=sum(p.slots for p in pilots),
-        )
+            "prompt_pilot_slots", "job slots of connected pilots",
+            value=sum(p["slots"] for p in pilots),
+        )  # fmt: skip
         yield GaugeMetricFamily(
-            "prompt_pilot_slots_busy",
-            "slots running a job",
-            value=sum(len(p.running) for p in pilots),
-        )
-        deadlines = [
-            job.deadline
-            for job in d.jobs.values()
-            if job.deadline is not None and job.state.value in BUDGET_STATES
-        ]
-        if deadlines:
+            "prompt_pilot_slots_busy", "slots running a job",
+            value=sum(p["running"] for p in pilots),
+        )  # fmt: skip
+        if snap.oldest_budget_s is not None:
             yield GaugeMetricFamily(
                 "prompt_oldest_job_budget_seconds",
                 "seconds left before the deadline of the open job closest to it (negative: late)",
-                value=min(deadlines) - time.time(),
+                value=snap.oldest_budget_s,
             )
         lag = GaugeMetricFamily(
             "prompt_consumer_lag_messages",

@@ -20,7 +20,10 @@ from typing import Any
 import structlog
 
 from prompt.bounds import bound_counts, bound_log, bound_stages
+from prompt.calib.errors import MissingCalibrationError
+from prompt.calib.objectstore import ObjectNotFoundError
 from prompt.channel import protocol as p
+from prompt.channel.messages import FailureKindName, job_result
 from prompt.channel.protocol import Channel, FrameTooLargeError, Message, ProtocolError
 from prompt.channel.tls import closed_before_welcome, untrusted_dispatcher
 from prompt.pilot.alerts import AlertPublisher
@@ -68,7 +71,8 @@ class PilotConfig:
     preload_concurrency: int = 8
     worker_nice: int = 5
     poll_s: float | None = None
-    """Ask for work every poll_s seconds instead of being pushed to (the cold baseline)."""
+    """Ask for work this often, whatever the dispatcher's welcome says (by default a pilot
+    polls only for a dispatcher that schedules by polling, as often as it says)."""
     warm_imports: tuple[str, ...] = ()
     ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
     tls_server_name: str | None = None
@@ -218,8 +222,11 @@ class Pilot:
                 asyncio.create_task(self._read_loop(channel)),
                 asyncio.create_task(self._heartbeat_loop(channel, stop)),
             }
-            if self.config.poll_s:
-                loops.add(asyncio.create_task(self._poll_loop(channel, self.config.poll_s)))
+            poll_s = self.config.poll_s or (
+                float(reply.get("poll_s", 2.0)) if reply.get("scheduling") == "poll" else None
+            )
+            if poll_s:  # the dispatcher schedules by polling: ask for work
+                loops.add(asyncio.create_task(self._poll_loop(channel, poll_s)))
             try:
                 done, _ = await asyncio.wait(loops, return_when="FIRST_COMPLETED")
             finally:
@@ -398,7 +405,7 @@ class Pilot:
             try:
                 keys = self._keys(msg["fields"])
             except Exception as exc:
-                self._report(msg, _failure(f"calibrations: {exc}"), False)
+                self._report(msg, _failure(f"calibrations: {exc}", _calib_failure(exc)), False)
                 continue
             pending = self._preloading.get(job)
             if pending is None and all(k in self.cache for k in keys):
@@ -422,7 +429,8 @@ class Pilot:
         except Exception as exc:
             self.running.pop(msg["job"], None)
             self._reserved -= 1
-            self._report(msg, _failure(f"calibration load failed: {exc!r}"), False)
+            failure = _calib_failure(exc)
+            self._report(msg, _failure(f"calibration load failed: {exc!r}", failure), False)
             self._start_queued()
             return
         self.running.pop(msg["job"], None)
@@ -474,7 +482,8 @@ class Pilot:
                 raise RuntimeError("this pilot has no alert publisher (no Kafka configured)")
             await self.alerts.publish(alerts)
         except Exception as exc:
-            result = {**result, "ok": False, "error": f"alert delivery failed: {exc!r}"}
+            failed = _failure(f"alert delivery failed: {exc!r}", "delivery_failed")
+            result = {**result, **{k: failed[k] for k in ("ok", "error", "failure")}}
         result["stages"]["publish"] = time.perf_counter() - started
         result["finished"] = time.time()
         self._complete(job, result)
@@ -520,11 +529,17 @@ def _fitting(finished: Message) -> Message:
             return cut
         except FrameTooLargeError:
             now = time.time()
-            return {**finished, **_failure(f"the job's result cannot be reported: {exc}"),
-                    "started": finished.get("started", now)}  # fmt: skip
+            failed = _failure(f"the job's result cannot be reported: {exc}", "payload_error")
+            return {**finished, **failed, "started": finished.get("started", now)}
 
 
-def _failure(error: str) -> dict[str, Any]:
-    now = time.time()
-    return {"ok": False, "error": error, "started": now, "finished": now, "counts": {},
-            "stages": {}, "log": ""}  # fmt: skip
+def _failure(error: str, failure: FailureKindName) -> dict[str, Any]:
+    return dict(job_result(started=time.time(), error=error, failure=failure))
+
+
+def _calib_failure(exc: BaseException) -> FailureKindName:
+    """A calibration that does not exist will not appear on a retry; a store that did not
+    answer may answer next time."""
+    if isinstance(exc, MissingCalibrationError | ObjectNotFoundError | KeyError | ValueError):
+        return "missing_calibration"
+    return "calibration_unavailable"

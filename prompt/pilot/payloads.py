@@ -19,16 +19,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prompt.bounds import LOG_LIMIT, bound_error, bound_log
+from prompt.bounds import LOG_LIMIT
+from prompt.channel.messages import FailureKindName, JobResult, job_result
 from prompt.extras import import_optional
 
 
 class PayloadFailed(Exception):
-    """The payload ran and reported failure (as opposed to crashing the worker)."""
+    """The payload ran and reported failure (as opposed to crashing the worker). Retried by
+    the dispatcher while attempts remain: the cause may pass."""
+
+    kind: FailureKindName = "payload_error"
 
     def __init__(self, message: str, log: str = "") -> None:
         super().__init__(message)
         self.log = log
+
+
+class PayloadRejected(PayloadFailed):
+    """The payload refuses its input for good (a malformed raw, a header it cannot use):
+    the job fails at once, with this message, instead of being retried."""
+
+    kind: FailureKindName = "rejected_input"
+
+
+REJECTED_EXIT_CODES = range(64, 79)
+"""argv payloads: sysexits' EX_USAGE..EX_CONFIG (64-78) mean "this input will never work"."""
 
 
 @dataclass
@@ -135,15 +150,15 @@ def run_argv(ctx: JobContext, payload: dict[str, Any], timeout_s: float) -> str:
     log = (proc.stdout + proc.stderr)[-LOG_LIMIT:].decode("utf-8", "replace")
     if proc.returncode != 0:
         tail = proc.stderr[-500:].decode("utf-8", "replace").strip()
-        raise PayloadFailed(f"exit status {proc.returncode}: {tail}", log=log)
+        failed = PayloadRejected if proc.returncode in REJECTED_EXIT_CODES else PayloadFailed
+        raise failed(f"exit status {proc.returncode}: {tail}", log=log)
     return log
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one job; always returns a result dict (errors included), never raises.
-
-    ``alerts`` holds the encoded alert packets a python payload returned; the pilot publishes
-    them before it reports the job finished."""
+    """Run one job; always returns a result (errors included, as a ``JobResult``), never
+    raises. ``alerts`` holds the encoded alert packets a python payload returned; the pilot
+    publishes them before it reports the job finished."""
     payload = job["payload"]
     ctx = JobContext(
         job=job["job"],
@@ -155,6 +170,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     log = ""
     error: str | None = None
+    failure: FailureKindName | None = None
     alerts: list[bytes] = []
     try:
         kind = payload["kind"]
@@ -170,21 +186,16 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         elif kind == "argv":
             log = run_argv(ctx, payload, float(job.get("timeout_s", 600.0)))
         else:
-            raise PayloadFailed(f"unknown payload kind {kind!r}")
+            raise PayloadRejected(f"unknown payload kind {kind!r}")
     except PayloadFailed as exc:
-        error = str(exc)
+        error, failure = str(exc), exc.kind
         log = exc.log or log
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     finally:
         ctx.close()
-    return {
-        "ok": error is None,
-        "error": None if error is None else bound_error(error),
-        "started": started,
-        "finished": time.time(),
-        "counts": ctx.counts,
-        "stages": ctx.stages,
-        "log": bound_log(log),
-        "alerts": alerts if error is None else [],
-    }
+    result: JobResult = job_result(
+        started=started, error=error, failure=failure, counts=ctx.counts, stages=ctx.stages,
+        log=log,
+    )  # fmt: skip
+    return {**result, "alerts": alerts if error is None else []}

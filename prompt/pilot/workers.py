@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from prompt.channel.messages import FailureKindName, job_result
 from prompt.extras import import_optional
 from prompt.pilot.payloads import run_job
 
@@ -198,7 +199,7 @@ class WorkerPool:
             worker.process.join(0.5)  # reap it: the exit code (or signal) says why
             code = worker.process.exitcode
             why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            self._replace(worker, f"worker process died ({why}; {exc!r})")
+            self._replace(worker, f"worker process died ({why}; {exc!r})", "worker_crashed")
             return
         for msg in messages:
             self._handle(worker, msg)
@@ -216,9 +217,9 @@ class WorkerPool:
             self._on_result(job_id, msg)
 
     def _timeout(self, worker: Worker, timeout_s: float) -> None:
-        self._replace(worker, f"job timed out after {timeout_s:.1f} s; worker killed")
+        self._replace(worker, f"job timed out after {timeout_s:.1f} s; worker killed", "timeout")
 
-    def _replace(self, worker: Worker, error: str) -> None:
+    def _replace(self, worker: Worker, error: str, failure: FailureKindName) -> None:
         assert self._loop is not None
         self._loop.remove_reader(worker.fileno())
         if worker.timer:
@@ -233,12 +234,8 @@ class WorkerPool:
         if not worker.ready.done():
             worker.ready.set_exception(RuntimeError(error))
         if job_id is not None:
-            now = time.time()
-            self._on_result(
-                job_id,
-                {"ok": False, "error": error, "started": now, "finished": now,
-                 "counts": {}, "stages": {}, "log": ""},
-            )  # fmt: skip
+            result = job_result(started=time.time(), error=error, failure=failure)
+            self._on_result(job_id, dict(result))
 
     async def stop(self) -> None:
         assert self._loop is not None

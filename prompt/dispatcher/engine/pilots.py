@@ -1,4 +1,5 @@
-"""Connected pilots as the dispatcher sees them, and the choice of pilot for a job."""
+"""Pilots as the engine sees them (no connections: those belong to the pilot server), and the
+choice of pilot for a job."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from prompt.channel.protocol import Channel, Message
-from prompt.dispatcher.model import Job
+from prompt.dispatcher.engine.model import Job
 
 
 @dataclass(eq=False)
-class PilotSession:
+class PilotState:
     id: str
     slots: int
     labels: frozenset[str]
     host: str
-    channel: Channel | None
+    connected: bool = False
+    """A connection is open (the pilot server says so)."""
     registered_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.monotonic)
     draining: bool = False
@@ -30,39 +31,26 @@ class PilotSession:
     """When its row in the pilots table was last refreshed (monotonic)."""
 
     @property
-    def connected(self) -> bool:
-        return self.channel is not None and not self.channel.closed
-
-    @property
     def free(self) -> int:
         return self.slots - len(self.running)
 
     def accepts(self, labels: frozenset[str]) -> bool:
         return self.connected and not self.draining and labels <= self.labels
 
-    def send(self, msg: Message) -> bool:
-        if self.channel is None:
-            return False
-        try:
-            self.channel.send(msg)
-            return True
-        except ConnectionError:
-            return False
-
 
 class PilotRegistry:
     def __init__(self) -> None:
-        self.pilots: dict[str, PilotSession] = {}
+        self.pilots: dict[str, PilotState] = {}
 
-    def connected(self) -> list[PilotSession]:
+    def connected(self) -> list[PilotState]:
         return [p for p in self.pilots.values() if p.connected]
 
     def choose_for_preload(
         self, instrument: str, detector: int, filter: str, labels: frozenset[str]
-    ) -> PilotSession | None:
+    ) -> PilotState | None:
         """Cache affinity first (a pilot holding this detector+filter), then the least loaded
         relative to its slots. Deterministic, so consecutive visits land where caches are."""
-        best: PilotSession | None = None
+        best: PilotState | None = None
         best_rank: tuple[int, float, str] | None = None
         key = (instrument, detector, filter)
         for pilot in self.pilots.values():
@@ -75,7 +63,7 @@ class PilotRegistry:
 
     def choose_for_run(
         self, job: Job, labels: frozenset[str], *, may_leave_cache: bool = True
-    ) -> PilotSession | None:
+    ) -> PilotState | None:
         """The assigned pilot if it has a free slot; else a free pilot that holds the job's
         calibrations; else (if ``may_leave_cache``) the free pilot with the most free slots.
         Pilots not yet tried for this job come first."""
@@ -89,7 +77,7 @@ class PilotRegistry:
             ):
                 return assigned
         key = job.cache_key
-        best: PilotSession | None = None
+        best: PilotState | None = None
         best_rank: tuple[int, int, int] | None = None
         for pilot in self.pilots.values():
             if pilot.free <= 0 or not pilot.accepts(labels):

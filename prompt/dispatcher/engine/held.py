@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Literal
 
-from prompt.dispatcher.model import VisitKey
+from prompt.dispatcher.engine.model import VisitKey
 from prompt.events import ImageArrival
 
 Held = tuple[ImageArrival, float]  # the arrival and when it was consumed

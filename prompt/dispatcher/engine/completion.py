@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prompt.bounds import bound_counts, bound_stages
-from prompt.dispatcher.model import Job
+from prompt.dispatcher.engine.model import Job
 from prompt.events import AvroCodec
 
 MESSAGE_LIMIT = 1_000_000
@@ -38,6 +38,7 @@ def completion_record(job: Job) -> dict[str, Any]:
         "pilot": job.pilot_id if job.attempt else None,
         "cacheHit": job.cache_hit,
         "error": job.error,
+        "failureKind": job.failure.value if job.failure else None,
         "nextVisitReceived": visit.received_at,
         "preloaded": job.preloaded,
         "imageArrived": job.image_arrived,

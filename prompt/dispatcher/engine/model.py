@@ -1,5 +1,5 @@
-"""In-memory state of visits and jobs. PostgreSQL holds the same state durably; the dispatcher
-works from memory and writes every change behind (see writer.py)."""
+"""Visits and jobs as the engine holds them. PostgreSQL holds the same state durably; the
+engine works from memory and its effects write every change behind (see ``writer.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from prompt.dispatcher.engine.outcomes import FailureKind
 from prompt.events.models import NextVisit
 from prompt.tasks import Task
 
@@ -53,6 +54,8 @@ class Job:
     """Exposure id per snap number."""
     cache_hit: bool | None = None
     error: str | None = None
+    failure: FailureKind | None = None
+    """Why the last attempt failed (None: it did not)."""
     deadline: float | None = None
     image_arrived: float | None = None
     image_consumed: float | None = None
