@@ -1,4 +1,4 @@
-"""``prompt bench dispatch`` and ``prompt bench pipeline``."""
+"""``prompt bench dispatch``, ``prompt bench pipeline`` and ``prompt bench broker``."""
 
 from __future__ import annotations
 
@@ -32,12 +32,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pl.add_argument("--detectors", type=int, default=189)
     pl.add_argument("--data-root", type=Path, default=Path(".prompt/bench-data"))
     pl.add_argument("--json", type=Path, help="also write the result here")
+    b = kinds.add_parser(
+        "broker", help="the embedded broker with memory vs S3 storage: produce, consume, fetch cost"
+    )
+    b.add_argument("--storage", nargs="+", choices=["memory", "s3"], default=["memory", "s3"])
+    b.add_argument("--produce", type=int, default=300, help="sequential acknowledged produces")
+    b.add_argument("--e2e", type=int, default=200, help="produce -> consume samples")
+    b.add_argument("--bursts", type=int, default=10, help="189-record bursts")
+    b.add_argument(
+        "--fill", default="0,250,500,1000,4000,20000", help="batches in the partition, fetch cost"
+    )
+    b.add_argument("--idle-s", type=float, default=3.0)
+    b.add_argument("--work-dir", type=Path, default=Path(".prompt/bench-broker"))
+    b.add_argument("--json", type=Path, help="also write the result here")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.bench == "pipeline":
         return _pipeline(args)
+    if args.bench == "broker":
+        return _broker(args, settings)
     from prompt.bench.dispatch import BenchShape, run_bench
 
     shape = BenchShape(
@@ -61,6 +76,20 @@ def _pipeline(args: argparse.Namespace) -> int:
     from prompt.bench.pipeline import run_pipeline_bench
 
     result = run_pipeline_bench(args.data_root, args.detectors)
+    print_json(result)
+    if args.json:
+        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+def _broker(args: argparse.Namespace, settings: Settings) -> int:
+    from prompt.bench.broker import BrokerBenchShape, run_broker_bench
+
+    shape = BrokerBenchShape(
+        produce=args.produce, e2e=args.e2e, bursts=args.bursts, idle_s=args.idle_s,
+        fill=tuple(int(n) for n in args.fill.split(",")),
+    )  # fmt: skip
+    result = asyncio.run(run_broker_bench(settings, args.storage, shape, args.work_dir))
     print_json(result)
     if args.json:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
