@@ -4,7 +4,8 @@ Enable with ``pytest_plugins = ["prompt.testing"]``. One embedded stack per test
 processes die with the test process even if it crashes); each test that asks for
 ``isolated_settings`` gets its own database and topic names, so tests never see each other's
 state. ``prompt_stack_control`` is the running :class:`~prompt.stack.Stack` itself, for tests
-that kill, hold down and restart its servers (skipped when the servers are external).
+that kill, hold down and restart its servers (skipped when the servers are external);
+``prompt_durable_stack`` is one whose broker keeps acknowledged records across a restart.
 """
 
 from __future__ import annotations
@@ -51,6 +52,29 @@ def prompt_stack_control(_prompt_session_stack: tuple[Stack, Endpoints]) -> Stac
     if stack.settings.database_url or stack.settings.kafka_bootstrap:
         pytest.skip("external servers (PROMPT_DATABASE_URL / PROMPT_KAFKA_BOOTSTRAP) are not ours")
     return stack
+
+
+@pytest.fixture(scope="session")
+def prompt_durable_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second embedded stack, started on first use, whose broker keeps its logs in the
+    stack's S3 (``broker_storage="s3"``): acknowledged records and topics survive a kill -9 of
+    the broker, as on Kafka. For fault tests that restart the broker under a running service
+    (the default memory broker restarts empty)."""
+    state_dir: Path = tmp_path_factory.mktemp("prompt-durable-stack")
+    settings = Settings(
+        state_dir=state_dir,
+        broker_storage="s3",
+        database_url=None,
+        kafka_bootstrap=None,
+        s3=S3Settings(endpoint_url=None),
+    )
+    stack = Stack(settings)
+    asyncio.run(stack.up(tie_to_parent=True))
+    try:
+        yield stack
+    finally:
+        stack.down()
+        stack.remove_data_outside()
 
 
 @pytest.fixture

@@ -86,3 +86,18 @@ def test_stack_up_from_a_private_install(tmp_path: Path) -> None:
     assert not state.exists()
     after = _modes(home, skip=state)
     assert {path: after.get(path) for path in before} == before  # new directories aside
+
+
+def test_no_place_the_server_user_can_reach_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prompt.stack import postgres
+
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    closed.chmod(0o700)
+    monkeypatch.setattr(postgres, "_PRIVATE_BASES", (closed / "var-tmp", closed))
+    monkeypatch.setattr(postgres, "_bin_dir", lambda: closed / "bin")
+    with pytest.raises(postgres.PostgresSetupError, match="PROMPT_DATABASE_URL"):
+        postgres.EmbeddedPostgres.plan(closed / "state")
+    assert closed.stat().st_mode & 0o777 == 0o700

@@ -4,7 +4,6 @@ acknowledged records survive kill -9, PostgreSQL whose commits survive kill -9, 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -86,20 +85,10 @@ async def _topics(bootstrap: str) -> set[str]:
         await admin.close()
 
 
-@pytest.fixture
-async def durable_stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    """A stack of its own whose broker keeps its logs in the stack's S3."""
-    stack = Stack(Settings(state_dir=tmp_path / "stack", broker_storage="s3"))
-    await stack.up(tie_to_parent=True)
-    try:
-        yield stack
-    finally:
-        stack.down(purge=True)
-
-
-async def test_acknowledged_records_survive_broker_kill(durable_stack: Stack) -> None:
-    broker = durable_stack.server("broker")
-    bootstrap = durable_stack.state.kafka_bootstrap if durable_stack.state else ""
+async def test_acknowledged_records_survive_broker_kill(prompt_durable_stack: Stack) -> None:
+    stack = prompt_durable_stack
+    broker = stack.server("broker")
+    bootstrap = stack.endpoints().kafka_bootstrap
     topic = f"durable.{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -111,9 +100,9 @@ async def test_acknowledged_records_survive_broker_kill(durable_stack: Stack) ->
     await _produce(bootstrap, topic, values)
 
     old_pid = broker.pid
-    durable_stack.kill("broker")
+    stack.kill("broker")
     assert not alive(old_pid)
-    await durable_stack.start("broker")
+    await stack.start("broker")
     assert broker.pid != old_pid and broker.running()
     assert topic in await _topics(bootstrap)  # same address: clients need no new settings
     assert await _read_all(bootstrap, topic, len(values)) == values
@@ -136,7 +125,7 @@ async def test_memory_broker_restarts_empty_on_its_port(tmp_path: Path) -> None:
 
 async def test_committed_rows_survive_postgres_kill(prompt_stack_control: Stack) -> None:
     stack = prompt_stack_control
-    server_url = stack.state.database_url if stack.state else ""
+    server_url = stack.endpoints().database_url
     async with scratch_database(server_url, "kill") as url:
         conn = await asyncpg.connect(url)
         try:
@@ -179,8 +168,10 @@ def test_a_server_that_is_not_ours_cannot_be_restarted(tmp_path: Path) -> None:
     reason="tansu 0.6, s3 engine: ListOffsets(latest) lags acknowledged writes (Fetch's high "
     "watermark is right); the reason broker_storage defaults to memory",
 )
-async def test_s3_broker_end_offset_counts_acknowledged_records(durable_stack: Stack) -> None:
-    bootstrap = durable_stack.state.kafka_bootstrap if durable_stack.state else ""
+async def test_s3_broker_end_offset_counts_acknowledged_records(
+    prompt_durable_stack: Stack,
+) -> None:
+    bootstrap = prompt_durable_stack.endpoints().kafka_bootstrap
     topic = f"ends.{uuid.uuid4().hex[:8]}"
     await _produce(bootstrap, topic, [b"x"] * 20)  # auto-created
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)

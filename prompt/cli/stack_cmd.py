@@ -8,7 +8,9 @@ import time
 
 from prompt.cli.common import fail, print_json
 from prompt.config import Settings
+from prompt.s3 import S3Error
 from prompt.stack import Endpoints, Stack
+from prompt.stack.postgres import PostgresSetupError
 
 SERVERS = ("postgres", "broker", "s3")
 
@@ -50,7 +52,10 @@ def env_lines(endpoints: Endpoints) -> list[str]:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     stack = Stack(settings)
     if args.action == "up":
-        endpoints = asyncio.run(stack.up())
+        try:
+            endpoints = asyncio.run(stack.up())
+        except (PostgresSetupError, S3Error, ValueError) as exc:  # what the user must fix
+            return fail(str(exc))
         print("\n".join(env_lines(endpoints)))
         return 0
     if args.action == "down":

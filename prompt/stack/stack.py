@@ -284,6 +284,13 @@ class Stack:
         for pid in state.orphan_pids:
             stop_pid(pid, sig=signal.SIGINT, timeout=15)  # PostgreSQL's fast shutdown
 
+    def endpoints(self) -> Endpoints:
+        """Where the running stack serves (after ``up``, or as recorded in ``stack.json``)."""
+        state = self.state or StackState.load(self.state_dir)
+        if state is None:
+            raise StackNotRunningError(f"no embedded stack in {self.state_dir}")
+        return state.endpoints(self.settings)
+
     # Fault injection: kill, hold down, start again on the same port with the same data.
 
     def server(self, name: ServerName) -> ServerProcess:
