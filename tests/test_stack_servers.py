@@ -13,11 +13,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from botocore.exceptions import ClientError
 
-from prompt.config import Settings
+from prompt.config import S3Settings, Settings
 from prompt.s3 import s3_client
 from prompt.stack import Endpoints, Stack
 from prompt.stack.processes import alive
 from prompt.stack.scratch import scratch_database
+from tests.helpers import read_topic
 
 pytestmark = pytest.mark.stack
 
@@ -59,21 +60,8 @@ async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
 
 
 async def _read_all(bootstrap: str, topic: str, count: int) -> list[bytes]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek(tp, 0)
-        out: list[bytes] = []
-        while len(out) < count:
-            batch = await consumer.getmany(tp, timeout_ms=2000)
-            if not batch:
-                break
-            out.extend(r.value for r in batch.get(tp, []) if r.value is not None)
-        return out
-    finally:
-        await consumer.stop()
+    records = await read_topic(Settings(kafka_bootstrap=bootstrap), topic, count)
+    return [r.value for r in records]
 
 
 async def _topics(bootstrap: str) -> set[str]:
@@ -148,6 +136,26 @@ async def test_committed_rows_survive_postgres_kill(prompt_stack_control: Stack)
             assert await conn.fetchval("SELECT max(i) FROM t") == 100
         finally:
             await conn.close()
+
+
+async def test_external_database_and_kafka_start_nothing(
+    prompt_stack: Endpoints, tmp_path: Path
+) -> None:
+    """What `prompt replay` against external servers does: no S3 server is started behind its
+    back (its caller would not stop it)."""
+    settings = Settings(
+        state_dir=tmp_path / "ext",
+        database_url=prompt_stack.database_url,
+        kafka_bootstrap=prompt_stack.kafka_bootstrap,
+        s3=S3Settings(endpoint_url=None),
+    )
+    stack = Stack(settings)
+    endpoints = await stack.up()
+    try:
+        assert stack.state is not None and stack.state.servers() == []
+        assert endpoints.s3 is None
+    finally:
+        stack.down()
 
 
 def test_a_server_that_is_not_ours_cannot_be_restarted(tmp_path: Path) -> None:

@@ -184,7 +184,10 @@ class Stack:
     def _new_state(self) -> StackState:
         s = self.settings
         s3_server = None
-        if s.s3.endpoint_url is None:
+        # With PostgreSQL and Kafka both external there is no embedded stack to complete: an
+        # S3 server is then external too (or none), and nothing is left running to stop.
+        all_external = s.database_url is not None and s.kafka_bootstrap is not None
+        if s.s3.endpoint_url is None and not all_external:
             creds = stack_credentials(self.state_dir / "s3")
             s3_server = EmbeddedS3(self.state_dir / "s3", creds.access_key_id, region=s.s3.region)
         pg = EmbeddedPostgres.plan(self.state_dir) if s.database_url is None else None
