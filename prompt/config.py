@@ -38,6 +38,43 @@ class Topics(BaseSettings):
         ]
 
 
+class S3Settings(SecretFileSettings):
+    """An S3-compatible object store (AWS, Ceph RGW, SeaweedFS ...).
+
+    ``endpoint_url`` unset means "the embedded stack's S3 server": the stack starts one and
+    records its endpoint and credentials; set, it names an external server and none is started.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PROMPT_S3_", frozen=True)
+
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    """Or ``PROMPT_S3_SECRET_ACCESS_KEY_FILE``: a file holding it (read by the generic
+    ``_FILE`` source, see credentials.py)."""
+    secret_access_key_file: Path | None = None
+    """The file the secret came from, if it did (the stack hands it on by path)."""
+    region: str = "us-east-1"
+    """Signing region (SigV4). Ceph RGW accepts its zonegroup name, or ``us-east-1``."""
+    addressing_style: Literal["path", "virtual"] = "path"
+    """path: ``https://host/bucket/key`` (Ceph, SeaweedFS, MinIO); virtual: ``https://bucket.host/key``."""
+    ca_bundle: Path | None = None
+    """PEM file of the CA that signed the endpoint's certificate (private Ceph deployments)."""
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    """Attempts per request (the first included) on throttling, 5xx and connection errors."""
+
+    bucket_raws: str = "rubin-summit"
+    bucket_calib: str = "prompt-calib"
+    """Calibrations and templates."""
+    bucket_broker: str = "prompt-broker"
+    """The embedded broker's log storage (``PROMPT_BROKER_STORAGE=s3``)."""
+
+    def buckets(self) -> list[str]:
+        return [self.bucket_raws, self.bucket_calib, self.bucket_broker]
+
+
 class Settings(SecretFileSettings):
     """Process-wide configuration. Construct once in ``main`` and pass it down; never at import.
 
@@ -66,6 +103,11 @@ class Settings(SecretFileSettings):
     and costs only idle fetch round trips."""
 
     topics: Topics = Field(default_factory=Topics)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    broker_storage: Literal["memory", "s3"] = "memory"
+    """Where the embedded broker (tansu) keeps its logs: ``memory`` (lost when it stops) or
+    ``s3`` (the stack's S3, bucket ``s3.bucket_broker``: acknowledged records survive a
+    broker restart, as on Kafka)."""
 
     # Dispatcher.
     dispatcher_name: str = "dispatcher"

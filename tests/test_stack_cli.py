@@ -22,26 +22,39 @@ def _processes_using(state_dir: Path) -> list[psutil.Process]:
         cmd = " ".join(proc.info["cmdline"] or [])
         if str(state_dir) in cmd or (
             proc.info["cmdline"]
-            and "tansu" in cmd
-            and "broker" in cmd
+            and ("tansu" in cmd or "weed" in cmd)
             and str(state_dir) in proc.cwd()
         ):
             found.append(proc)
     return found
 
 
+def _env(stdout: bytes) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in stdout.decode().splitlines() if "=" in line)
+
+
 def test_stack_up_then_down_leaves_no_process(tmp_path: Path) -> None:
     state = tmp_path / "stack"
     up = run_prompt("--state-dir", str(state), "stack", "up")
     assert up.returncode == 0, up.stderr.decode()
-    assert b"PROMPT_DATABASE_URL=postgresql://" in up.stdout
+    env = _env(up.stdout)
+    assert env["PROMPT_DATABASE_URL"].startswith("postgresql://")
+    assert env["PROMPT_S3_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+    secret_file = Path(env["PROMPT_S3_SECRET_ACCESS_KEY_FILE"])
+    assert secret_file.stat().st_mode & 0o077 == 0
+    assert secret_file.read_text().strip() not in up.stdout.decode()
 
     status = run_prompt("--state-dir", str(state), "stack", "status")
     assert status.returncode == 0
     info = orjson.loads(status.stdout)
-    pg_pid, broker_pid = info["postgres"]["pid"], info["broker"]["pid"]
-    assert alive(pg_pid) and alive(broker_pid)
+    pg_pid, broker_pid, s3_pid = (info[k]["pid"] for k in ("postgres", "broker", "s3"))
+    assert alive(pg_pid) and alive(broker_pid) and alive(s3_pid)
+    assert info["s3_endpoint_url"] == env["PROMPT_S3_ENDPOINT_URL"]
     pg_family = [pg_pid, *(c.pid for c in psutil.Process(pg_pid).children(recursive=True))]
+    # Everything the S3 server listens on is on loopback, on the ports the stack chose.
+    listening = [c.laddr for c in psutil.Process(s3_pid).net_connections() if c.status == "LISTEN"]
+    assert listening and all(a.ip == "127.0.0.1" for a in listening)
+    assert {a.port for a in listening} <= set(info["s3"]["ports"].values())
 
     # The servers really work: migrations applied, topics created.
     async def check() -> None:
@@ -64,11 +77,18 @@ def test_stack_up_then_down_leaves_no_process(tmp_path: Path) -> None:
     down = run_prompt("--state-dir", str(state), "stack", "down")
     assert down.returncode == 0
     assert b"stack stopped" in down.stdout
-    assert not any(alive(p) for p in (*pg_family, broker_pid))
+    assert not any(alive(p) for p in (*pg_family, broker_pid, s3_pid))
     assert _processes_using(state) == []
+    grpc_ports = [port for name, port in info["s3"]["ports"].items() if name.endswith(".grpc")]
+    assert not [
+        p for p in Path("/tmp").glob("seaweedfs-*.sock") if int(p.stem.split("-")[-1]) in grpc_ports
+    ]
     after = run_prompt("--state-dir", str(state), "stack", "status")
     assert after.returncode == 1
     assert orjson.loads(after.stdout)["running"] is False
+    outside = [Path(info["postgres"][k]) for k in ("private_dir",) if k in info["postgres"]]
+    assert run_prompt("--state-dir", str(state), "stack", "down", "--purge").returncode == 0
+    assert not state.exists() and not any(p.exists() for p in outside)
 
 
 def test_commands_say_how_to_get_a_database(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
-"""``prompt bench dispatch``, ``prompt bench pipeline`` and ``prompt bench alerts``."""
+"""``prompt bench dispatch``, ``pipeline``, ``alerts`` and ``broker``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -44,6 +45,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     al.add_argument("--burst-alerts", type=int, default=20, help="alerts per job in a burst")
     al.add_argument("--rounds", type=int, default=3, help="rounds, implementations alternating")
     al.add_argument("--json", type=Path, help="also write the result here")
+    b = kinds.add_parser(
+        "broker", help="the embedded broker with memory vs S3 storage: produce, consume, fetch cost"
+    )
+    b.add_argument("--storage", nargs="+", choices=["memory", "s3"], default=["memory", "s3"])
+    b.add_argument("--produce", type=int, default=300, help="sequential acknowledged produces")
+    b.add_argument("--e2e", type=int, default=200, help="produce -> consume samples")
+    b.add_argument("--bursts", type=int, default=10, help="189-record bursts")
+    b.add_argument(
+        "--fill", default="0,250,500,1000,4000,20000", help="batches in the partition, fetch cost"
+    )
+    b.add_argument("--idle-s", type=float, default=3.0)
+    b.add_argument("--work-dir", type=Path, default=Path(".prompt/bench-broker"))
+    b.add_argument("--json", type=Path, help="also write the result here")
     p.set_defaults(handler=run)
 
 
@@ -52,6 +66,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _pipeline(args)
     if args.bench == "alerts":
         return _alerts(args, settings)
+    if args.bench == "broker":
+        return _broker(args, settings)
     from prompt.bench.dispatch import BenchShape, run_bench
 
     shape = BenchShape(
@@ -74,10 +90,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _pipeline(args: argparse.Namespace) -> int:
     from prompt.bench.pipeline import run_pipeline_bench
 
-    result = run_pipeline_bench(args.data_root, args.detectors)
+    return _report(run_pipeline_bench(args.data_root, args.detectors), args.json)
+
+
+def _report(result: dict[str, Any], path: Path | None) -> int:
     print_json(result)
-    if args.json:
-        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    if path:
+        path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     return 0
 
 
@@ -89,8 +108,16 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
         jobs=args.jobs, burst_jobs=args.burst_jobs, burst_alerts=args.burst_alerts,
         rounds=args.rounds,
     )  # fmt: skip
-    result = asyncio.run(run_alert_bench(settings, shape))
-    print_json(result)
-    if args.json:
-        args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    return 0
+    return _report(asyncio.run(run_alert_bench(settings, shape)), args.json)
+
+
+def _broker(args: argparse.Namespace, settings: Settings) -> int:
+    from prompt.bench.broker import BrokerBenchShape, run_broker_bench
+
+    shape = BrokerBenchShape(
+        produce=args.produce, e2e=args.e2e, bursts=args.bursts, idle_s=args.idle_s,
+        fill=tuple(int(n) for n in args.fill.split(",")),
+    )  # fmt: skip
+    return _report(
+        asyncio.run(run_broker_bench(settings, args.storage, shape, args.work_dir)), args.json
+    )

