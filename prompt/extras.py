@@ -19,6 +19,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "astropy": "pipeline",
     "lsst": "pipeline",
     "pyarrow": "parquet",
+    "types_aiobotocore_s3": "dev",  # imported only under TYPE_CHECKING
 }
 """Top-level import name -> the extra whose distributions provide it."""
 
@@ -27,6 +28,7 @@ PURPOSE: dict[str, str] = {
     "report": "the replay's HTML report",
     "pipeline": "the reference alert pipeline",
     "parquet": "Parquet night tables",
+    "dev": "type checking and the tests",
 }
 
 
