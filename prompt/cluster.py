@@ -227,6 +227,7 @@ def start_dispatcher(
     pilot_port: int | None = None,
     http_port: int | None = None,
     extra_env: dict[str, str] | None = None,
+    log_name: str = "dispatcher",
 ) -> ServiceProcess:
     """A ``prompt serve`` process (ports fixed by the caller to restart one in place);
     ``extra_env`` adds variables settings do not express (e.g. ``PROMPT_PILOT_TOKEN_FILE``)."""
@@ -238,7 +239,7 @@ def start_dispatcher(
     env.update(PROMPT_PILOT_PORT=str(pilot_port), PROMPT_HTTP_PORT=str(http_port))
     env.update(extra_env or {})
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / "dispatcher.log"
+    log = log_dir / f"{log_name}.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prompt", "serve"],
@@ -255,7 +256,7 @@ class PilotProcess(ChildProcess):
 
 def start_pilot(
     settings: Settings,
-    pilot_port: int,
+    dispatcher: int | str,
     pilot_id: str,
     *,
     slots: int = 2,
@@ -263,8 +264,10 @@ def start_pilot(
     extra_args: tuple[str, ...] = (),
     extra_env: dict[str, str] | None = None,
 ) -> PilotProcess:
-    """A real ``prompt pilot`` process in its own process group (killable with its workers)."""
+    """A real ``prompt pilot`` process in its own process group (killable with its workers).
+    ``dispatcher``: the pilot port on this host, or ``HOST:PORT[,HOST:PORT...]``."""
     assert settings.pilot_token is not None
+    address = f"127.0.0.1:{dispatcher}" if isinstance(dispatcher, int) else dispatcher
     # The broker and alert topic too: pilots publish alerts.
     env = {**settings_env(settings), **(extra_env or {})}
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -272,7 +275,7 @@ def start_pilot(
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prompt", "pilot",
-             "--dispatcher", f"127.0.0.1:{pilot_port}", "--pilot-id", pilot_id,
+             "--dispatcher", address, "--pilot-id", pilot_id,
              "--slots", str(slots), *extra_args],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,
@@ -454,6 +457,7 @@ class CompletionCollector:
         for tp in tps:
             self._consumer.seek(tp, 0)
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.add_done_callback(lambda _: self._changed.set())  # wake waiters: it died
         return self
 
     async def _run(self) -> None:
@@ -478,6 +482,9 @@ class CompletionCollector:
         """Until ``count`` distinct jobs have completed."""
         async with asyncio.timeout(timeout):
             while len(self.by_job) < count:
+                if self._task is not None and self._task.done():
+                    self._task.result()  # the reading task failed: say why, do not wait on
+                    raise RuntimeError("the completion collector stopped")
                 self._changed.clear()
                 await self._changed.wait()
 

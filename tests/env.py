@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from pydantic import SecretStr
 
 from prompt.cluster import (
@@ -189,3 +190,66 @@ async def served(
         for pilot in env.pilots:
             pilot.stop_if_running()
         env.service.stop_if_running()
+
+
+@dataclass
+class Pair:
+    """Two ``prompt serve`` processes with the same name (one leads, one stands by) and
+    pilots that know both addresses, as in a deployment with a hot standby."""
+
+    settings: Settings
+    log_dir: Path
+    services: list[ServiceProcess]
+    pilots: list[PilotProcess] = field(default_factory=list)
+
+    async def readiness(self) -> list[bool]:
+        out = []
+        for service in self.services:
+            try:
+                out.append(bool((await service.ready()).get("ready")))
+            except (OSError, aiohttp.ClientError, ValueError):
+                out.append(False)
+        return out
+
+    async def leader(self, timeout: float = 60.0) -> ServiceProcess:
+        """The one ready dispatcher, once there is one (never two: asserted on each look)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                ready = await self.readiness()
+                assert sum(ready) <= 1, f"two dispatchers ready at once: {ready}"
+                if any(ready):
+                    return self.services[ready.index(True)]
+                await asyncio.sleep(0.05)
+
+    def restart_dead(self) -> None:
+        """Start again, on its ports, any dispatcher that died (a supervisor's job)."""
+        for i, service in enumerate(self.services):
+            if service.proc.poll() is not None:
+                self.services[i] = start_dispatcher(
+                    self.settings, log_dir=self.log_dir, pilot_port=service.pilot_port,
+                    http_port=service.http_port, log_name=f"dispatcher-{i}",
+                )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def hot_standby(
+    settings: Settings, log_dir: Path, *, pilots: int = 2, slots: int = 16
+) -> AsyncIterator[Pair]:
+    services = [
+        start_dispatcher(settings, log_dir=log_dir, log_name=f"dispatcher-{i}") for i in range(2)
+    ]
+    pair = Pair(settings, log_dir, services)
+    try:
+        leader = await pair.leader()
+        addresses = ",".join(f"127.0.0.1:{s.pilot_port}" for s in services)
+        pair.pilots = [
+            start_pilot(settings, addresses, f"p{i}", slots=slots, log_dir=log_dir)
+            for i in range(pilots)
+        ]
+        await leader.wait_pilots(pilots)
+        yield pair
+    finally:
+        for pilot in pair.pilots:
+            pilot.stop_if_running()
+        for service in pair.services:
+            service.stop_if_running()

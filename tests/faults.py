@@ -66,7 +66,8 @@ async def install_fault(
 
 
 async def fault_hits(settings: Settings, table: str) -> int:
-    """How many rows have met the fault's condition so far."""
+    """How many rows have met the fault's condition so far (those past ``times`` included:
+    they went through)."""
     conn = await connect(settings.database_url or "")
     try:
         row = await conn.fetchrow(f"SELECT last_value, is_called FROM fault_{table}_hits")

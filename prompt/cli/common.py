@@ -20,8 +20,21 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
+def dump_tasks() -> None:
+    """Write every asyncio task and where it waits to stderr (SIGUSR1: for a service that
+    seems wedged, the asyncio counterpart of ``py-spy dump``)."""
+    import io
+
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=out)
+    sys.stderr.write(out.getvalue())
+    sys.stderr.flush()
+
+
 def run_service(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
-    """Run ``main(stop)`` on uvloop; SIGTERM/SIGINT set ``stop`` (a second one force-exits)."""
+    """Run ``main(stop)`` on uvloop; SIGTERM/SIGINT set ``stop`` (a second one force-exits);
+    SIGUSR1 dumps the tasks."""
     import uvloop
 
     async def wrapper() -> None:
@@ -35,6 +48,7 @@ def run_service(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         await main(stop)
 
     uvloop.run(wrapper())

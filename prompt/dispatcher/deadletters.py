@@ -17,6 +17,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from prompt.aio import reraise_if_cancelled
 from prompt.bounds import bound_error
 from prompt.events import EventError
 from prompt.events.consumed import ConsumedMessage
@@ -87,6 +88,7 @@ class DeadLetters:
                 value = b""
                 headers.append(("prompt.value_dropped", b"true"))
             except KafkaError as exc:
+                reraise_if_cancelled()
                 if not broker_retriable(exc) or time.monotonic() > deadline:
                     self._metrics.dead_letter_failures.inc()
                     log.error("dead letter not delivered; the event stays in its source topic",

@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 
+from prompt.aio import reraise_if_cancelled
 from prompt.bounds import bound_error
 from prompt.dispatcher.deadletters import DeadLetters
 from prompt.dispatcher.health import Health
@@ -149,6 +150,7 @@ class Intake:
                     return consumer
                 problem = f"topics {missing} do not exist (create them: prompt stack up)"
             except KafkaError as exc:
+                reraise_if_cancelled()
                 if not broker_retriable(exc):
                     await consumer.stop()
                     raise
@@ -239,6 +241,7 @@ class Intake:
             await self._offsets_went_back(consumer, exc)
             return {}
         except KafkaError as exc:
+            reraise_if_cancelled()
             self._health.error(component, bound_error(repr(exc)))
             log.warning("fetch failed; retrying", component=component, error=repr(exc))
             await asyncio.sleep(0.5)
@@ -334,6 +337,7 @@ class Intake:
                 await handle()
                 return
             except EventError as exc:
+                reraise_if_cancelled()
                 if exc.retriable and time.monotonic() < deadline and not self._stopping.is_set():
                     problem: BaseException = exc
                 else:
@@ -341,6 +345,7 @@ class Intake:
                     await self._dead_letter(msg, kind, exc)
                     return
             except DB_ERRORS as exc:
+                reraise_if_cancelled()
                 if not is_transient(exc):
                     refused = RejectedError(
                         f"the database refused what this event would write: {bound_error(exc)}",

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import structlog
 
+from prompt.aio import reraise_if_cancelled
 from prompt.store.errors import DB_ERRORS, FencedError, is_transient
 
 log = structlog.get_logger(__name__)
@@ -108,6 +109,7 @@ class Leadership:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 1.0)
             except DB_ERRORS as exc:
+                reraise_if_cancelled()
                 if not is_transient(exc):
                     raise
                 log.warning("standby: database unreachable; retrying", error=repr(exc),

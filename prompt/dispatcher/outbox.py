@@ -25,6 +25,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from prompt.aio import reraise_if_cancelled
 from prompt.dispatcher.leadership import Fence
 from prompt.dispatcher.writer import OFFSET_UPSERT
 from prompt.kafka import broker_retriable
@@ -162,6 +163,7 @@ class CompletionPublisher:
                 backoff = 0.1
                 self.last_error = None
             except (KafkaError, *DB_ERRORS) as exc:
+                reraise_if_cancelled()
                 if isinstance(exc, KafkaError) and not broker_retriable(exc):
                     raise
                 if not isinstance(exc, KafkaError) and not is_transient(exc):

@@ -91,7 +91,9 @@ async def serve(
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()
         http_port = runner.addresses[0][1] if runner.addresses else None
-        ctx = TermContext(settings, config, endpoints, registry, metrics, health, http_port)
+        ctx = TermContext(
+            settings, config, endpoints, registry, metrics, health, http_port, settings.pilot_port
+        )
         leadership = Leadership(
             endpoints.database_url, config.name, holder=f"{socket.gethostname()}:{os.getpid()}"
         )

@@ -73,6 +73,9 @@ class TermContext:
     metrics: DispatcherMetrics
     health: Health
     http_port: int | None
+    pilot_port: int
+    """Where the pilot channel listens; 0 at first means "any free port", and whichever port
+    the first term got is kept for the next terms, so pilots find their way back."""
 
 
 async def run_term(
@@ -134,7 +137,9 @@ async def run_term(
         await leadership.connection.add_listener("prompt_tasks", on_notify)
 
         server = PilotServer(runtime, config.token)
-        pilot_port = await server.start(settings.pilot_host, settings.pilot_port, config.pilot_tls)
+        pilot_port = await server.start(settings.pilot_host, ctx.pilot_port, config.pilot_tls)
+        ctx.pilot_port = pilot_port
+        engine.channel_open()
         dead_letters = DeadLetters(producer, topics.dead_letter, metrics)
         resolver = RawMetadataResolver(settings.raw_root) if settings.raw_root else None
         intake = Intake(

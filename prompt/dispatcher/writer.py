@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from prompt.aio import reraise_if_cancelled
 from prompt.bounds import bound_error
 from prompt.dispatcher.engine.model import Job, VisitKey
 from prompt.dispatcher.leadership import Fence
@@ -248,6 +249,7 @@ class StateWriter:
                     log.error("state commit refused; committing row by row", error=repr(exc))
                     await self._commit(batch, isolate=True)
             except DB_ERRORS as exc:
+                reraise_if_cancelled()
                 if not is_transient(exc):
                     raise
                 now = time.monotonic()

@@ -193,6 +193,15 @@ class Engine:
     def snapshot(self) -> Snapshot:
         return snapshot(self.book, self.wall())
 
+    def channel_open(self) -> None:
+        """The pilot channel listens now: pilots that held jobs when the previous term ended
+        get their heartbeat timeout from now to reconnect and claim them (not from when the
+        state was read: reading it may have taken a while)."""
+        now = self.pilot_events.mono()
+        for pilot in self.book.pilots.pilots.values():
+            if not pilot.connected and pilot.disconnected_at is not None:
+                pilot.disconnected_at = now
+
     def pilots_awaited(self) -> bool:
         """Some pilot that held jobs has not reconnected (yet)."""
         return any(not p.connected and p.running for p in self.book.pilots.pilots.values())
