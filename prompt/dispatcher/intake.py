@@ -100,6 +100,7 @@ class Intake:
         """Next offset to process per partition (what the lag gauge is measured against)."""
         self.control: AIOKafkaConsumer | None = None
         self.images: AIOKafkaConsumer | None = None
+        self._stop_waiting = asyncio.Event()
 
     # ---- start and stop ---------------------------------------------------------------------
 
@@ -110,6 +111,7 @@ class Intake:
                 self._name,
             )
         stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        self._stop_waiting = stop
         control = [self._topics["next-visit"], self._topics["next-visit-canceled"]]
         self.control = await self._consumer(control, stored, self._control_opts, stop)
         self.images = await self._consumer(
@@ -238,7 +240,8 @@ class Intake:
             batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
             batch = await consumer.getmany(timeout_ms=100)
         except OffsetOutOfRangeError as exc:
-            await self._offsets_went_back(consumer, exc)
+            parts = [t for t in (exc.args[0] if exc.args else {}) if isinstance(t, TopicPartition)]
+            await self._offsets_went_back(consumer, parts or list(consumer.assignment()))
             return {}
         except KafkaError as exc:
             reraise_if_cancelled()
@@ -247,15 +250,22 @@ class Intake:
             await asyncio.sleep(0.5)
             return {}
         self._health.beat(component)
+        if not batch:  # some brokers answer a fetch past the end with no error, only the end
+            behind = [
+                tp for tp in consumer.assignment()
+                if (high := consumer.highwater(tp)) is not None
+                and high < self.positions.get((tp.topic, tp.partition), 0)
+            ]  # fmt: skip
+            if behind:
+                await self._offsets_went_back(consumer, behind)
         return batch
 
     async def _offsets_went_back(
-        self, consumer: AIOKafkaConsumer, exc: OffsetOutOfRangeError
+        self, consumer: AIOKafkaConsumer, parts: list[TopicPartition]
     ) -> None:
-        parts = [tp for tp in (exc.args[0] if exc.args else {}) if isinstance(tp, TopicPartition)]
-        parts = parts or list(consumer.assignment())
         starts = await consumer.beginning_offsets(parts)
         ends = await consumer.end_offsets(parts)
+        reset = False
         for tp in parts:
             ours = self.positions.get((tp.topic, tp.partition))
             if ours is not None and starts[tp] <= ours <= ends[tp]:
@@ -267,9 +277,26 @@ class Intake:
                 log_end=ends[tp],
             )  # fmt: skip
             self._metrics.offset_resets.labels(tp.topic).inc()
-            consumer.seek(tp, starts[tp])
             self.positions[(tp.topic, tp.partition)] = starts[tp]
             self._writer.offset_reset(tp.topic, tp.partition, starts[tp])
+            reset = True
+        if reset:
+            # A fresh consumer at the new positions: seeking one whose fetches are in flight
+            # against a log that was replaced was seen to leave it fetching nothing.
+            await self._reopen(consumer)
+
+    async def _reopen(self, consumer: AIOKafkaConsumer) -> None:
+        is_control = consumer is self.control
+        topics = sorted({tp.topic for tp in consumer.assignment()})
+        await consumer.stop()
+        fresh = await self._consumer(
+            topics, dict(self.positions), self._control_opts if is_control else self._opts,
+            self._stop_waiting,
+        )  # fmt: skip
+        if is_control:
+            self.control = fresh
+        else:
+            self.images = fresh
 
     async def run_control(self) -> None:
         assert self.control is not None

@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from prompt.aio import reraise_if_cancelled
 from prompt.dispatcher.leadership import Fence
@@ -126,21 +126,27 @@ class CompletionPublisher:
             if not tps:
                 return {}
             consumer.assign(tps)
+            # Where the log ends: the broker's answer to ListOffsets, and the high watermark of
+            # each fetch (some brokers' ListOffsets lags acknowledged writes: tansu's S3
+            # engine does). Read until both are reached.
             ends = await consumer.end_offsets(tps)
             seen: dict[int, tuple[int, int]] = {}
             for tp in tps:
                 consumer.seek(tp, self._checkpoints.get(tp.partition, 0))
-            remaining = {tp for tp in tps if ends[tp] > self._checkpoints.get(tp.partition, 0)}
-            while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=1000)
-                if not batch:
-                    break
+            remaining = set(tps)
+            deadline = time.monotonic() + 30
+            while remaining and time.monotonic() < deadline:
+                batch = await consumer.getmany(*remaining, timeout_ms=500)
                 for tp, msgs in batch.items():
                     for msg in msgs:
                         if msg.key:
                             seen[int(msg.key)] = (tp.partition, msg.offset)
-                    if msgs and msgs[-1].offset + 1 >= ends[tp]:
+                for tp in list(remaining):
+                    high = max(ends[tp], consumer.highwater(tp) or 0)
+                    if consumer.highwater(tp) is not None and await consumer.position(tp) >= high:
                         remaining.discard(tp)
+            if remaining:
+                raise KafkaTimeoutError(f"completion topic not read to its end: {remaining}")
             return seen
         finally:
             await consumer.stop()
