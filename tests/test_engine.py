@@ -136,6 +136,7 @@ def test_images_held_for_a_visit_that_is_then_ignored_are_dropped() -> None:
     assert len(sim.held_rows) == 1
     assert isinstance(sim.next_visit(nv), Ignore)
     assert sim.engine.held_groups() == []
+    assert sim.held_rows == {}  # their rows can go
     assert sim.ignored("image-arrival", "visit_closed") == 1
     sim.image(nv, 1)  # later images of the ignored visit are not held
     assert sim.engine.held_groups() == []
@@ -268,6 +269,7 @@ def test_held_images_are_dropped_after_their_ttl_not_before() -> None:
     sim.clock.advance(0.5)
     sim.sweep()
     assert sim.engine.held_groups() == []
+    assert sim.held_rows == {}  # their rows go too, or every restart would hold them again
     assert sim.ignored("image-arrival", "next_visit_never_came") == 1
 
 
@@ -639,6 +641,7 @@ def test_cancel_before_the_next_visit_is_remembered_and_drops_held_images() -> N
     sim.image(nv, 0)
     assert sim.cancel(nv.group_id) is False  # recorded, then canceled_unannounced
     assert sim.engine.held_groups() == []
+    assert sim.held_rows == {}
     assert sim.cancel(nv.group_id) is True  # already remembered: nothing more to record
     assert sim.next_visit(nv) == Ignore("canceled", "canceled")
     sim.image(nv, 1)

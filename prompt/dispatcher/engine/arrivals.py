@@ -238,10 +238,12 @@ class Arrivals(Desk):
         ))  # fmt: skip
 
     def drop_held(self, key: VisitKey, reason: str = "visit_closed") -> None:
-        """Images that waited for a next-visit that turned out ignored or canceled."""
+        """Images that waited for a next-visit that turned out ignored or canceled, or never
+        came: their rows go too (else every restart would hold them again)."""
         dropped = self.book.held.pop(key)
         if dropped:
             self.metrics.ignored.labels("image-arrival", reason).inc(len(dropped))
+            self.out.append(HeldApplied(key))
 
     def apply_image(self, visit: Visit, arrival: ImageArrival, consumed: float) -> None:
         job = visit.jobs.get(arrival.detector)
