@@ -348,6 +348,18 @@ def test_job_waiting_for_its_preloading_pilot_goes_to_it_when_its_slot_frees() -
     assert sim.jobs_sent("p2") == []
 
 
+def test_job_preloaded_on_a_pilot_that_is_draining_does_not_wait_for_it() -> None:
+    sim = Sim([make_task(detectors="0")], affinity_wait_s=10)
+    sim.register("p1", slots=1)
+    sim.register("p2", slots=1)
+    nv = sim.nv()
+    sim.next_visit(nv)
+    assert preloaded(sim, "p1") == [0]
+    sim.heartbeat("p1", draining=True)
+    sim.image(nv, 0)
+    assert sim.jobs_sent("p2") == [sim.job(nv, 0).id]
+
+
 def test_ready_queue_hands_out_the_earliest_deadline_first() -> None:
     sim = Sim([make_task(detectors="0-3")])
     sim.register("p1", slots=1)

@@ -91,6 +91,12 @@ class PilotRegistry:
         return best
 
     def holder_waiting(self, job: Job) -> bool:
-        """The pilot that preloaded the job is connected and will have a slot for it."""
+        """The pilot that preloaded the job is connected, not draining, and will have a slot
+        for it."""
         holder = self.pilots.get(job.pilot_id) if job.pilot_id else None
-        return holder is not None and holder.connected and holder.id not in job.tried
+        return (
+            holder is not None
+            and holder.connected
+            and not holder.draining
+            and holder.id not in job.tried
+        )
