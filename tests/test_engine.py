@@ -405,6 +405,26 @@ def test_draining_pilots_get_no_preload_and_no_job() -> None:
     assert sim.jobs_sent("old") == [sim.job(nv, 1).id]
 
 
+def test_load_for_placement_forgets_jobs_that_ended_on_another_pilot() -> None:
+    sim = Sim([make_task(detectors="0-3")])
+    sim.register("p1", slots=2)
+    sim.register("p2", slots=2)
+    a = sim.nv(0)
+    sim.next_visit(a)
+    assert (preloaded(sim, "p1"), preloaded(sim, "p2")) == ([0, 2], [1, 3])
+    sim.images(a)
+    ids = {d: sim.job(a, d).id for d in range(4)}
+    sim.finish("p2", ids[1])
+    sim.finish("p2", ids[3])
+    sim.finish("p1", ids[0], error="slow", failure="timeout")
+    sim.finish("p1", ids[2], error="slow", failure="timeout")
+    assert sim.jobs_sent("p2")[2:] == [ids[0], ids[2]]  # retried where they were not tried
+    sim.finish("p2", ids[0])
+    sim.finish("p2", ids[2])
+    sim.next_visit(sim.nv(1))  # both pilots are idle: the next visit splits evenly
+    assert [len(sim.sent(p, "preload")[-1]["items"]) for p in ("p1", "p2")] == [2, 2]
+
+
 # ---- poll scheduling ------------------------------------------------------------------------
 
 
