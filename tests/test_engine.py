@@ -467,6 +467,19 @@ def test_welcome_says_the_scheduling_and_with_poll_how_often_to_ask() -> None:
     }  # fmt: skip
 
 
+def test_poll_cancel_of_a_noted_visit_stops_its_images_from_building_it() -> None:
+    sim = Sim(scheduling="poll")
+    sim.register("p1", slots=4)
+    nv = sim.nv()
+    assert sim.next_visit(nv) == Noted()
+    assert sim.cancel(nv.group_id) is False  # no visit yet: the cancel is recorded
+    assert sim.deliver(sim.arrival(nv, 0)) is None
+    assert sim.engine.book.visits == {}
+    assert sim.engine.held_groups() == []
+    sim.poll("p1")
+    assert sim.sent("p1") == []
+
+
 # ---- outcomes -------------------------------------------------------------------------------
 
 
