@@ -913,6 +913,18 @@ def test_snapshot_counts_jobs_queues_and_pilots() -> None:
     assert snap.connected_pilots == snap.pilots
 
 
+def test_snapshot_ready_queue_counts_only_jobs_still_ready() -> None:
+    sim = Sim([make_task(detectors="0-1")])
+    sim.register("p1", slots=1)
+    nv = sim.nv()
+    sim.next_visit(nv)
+    sim.images(nv)
+    assert sim.engine.snapshot().ready_queue == 1
+    sim.cancel(nv.group_id)  # the queued job is canceled; the running one goes on
+    snap = sim.engine.snapshot()
+    assert snap.jobs_by_state["ready"] == snap.ready_queue == 0
+
+
 def test_snapshot_json_has_error_texts_only_when_asked() -> None:
     sim = Sim([make_task(detectors="0")])
     sim, job_id = pushed(sim, "p1")
