@@ -42,6 +42,7 @@ from prompt.events import AvroCodec, EventKind, ImageArrival, LocalSchemaRegistr
 from prompt.metrics import DispatcherMetrics
 from prompt.tasks import Task, TaskSpec
 from prompt.timescale import TAI_MINUS_UTC_S
+from tests.conftest import make_next_visit
 
 INSTRUMENT = "LSSTCam"
 T0 = 1_746_142_400.0
@@ -180,26 +181,13 @@ class Sim:
     # ---- the observatory --------------------------------------------------------------------
 
     def nv(self, i: int = 0, **changes: Any) -> NextVisit:
-        """A next-visit for group ``i``, starting 2 s from now (start times are TAI)."""
+        """The test suite's next-visit for group ``i``, starting 2 s from now (start times
+        are TAI) and stamped now."""
         now = self.clock.wall()
-        nv = NextVisit(
-            instrument=INSTRUMENT,
-            group_id=f"2025-05-01T23:33:{i % 60:02d}.{i:03d}",
-            survey="BLOCK-365",
-            filters="r_57",
-            position=(150.25 + i, -30.5),
-            coordinate_system=2,
-            camera_angle=45.0,
-            rotation_system=2,
-            start_time=now + TAI_MINUS_UTC_S + 2.0,
-            duration=30.0,
-            nimages=1,
-            dome=2,
-            sal_index=1,
-            script_sal_index=100 + i,
-            efd_stamp=now,
+        nv = NextVisit.from_record(make_next_visit(i))
+        return dataclasses.replace(
+            nv, **{"start_time": now + TAI_MINUS_UTC_S + 2.0, "efd_stamp": now, **changes}
         )
-        return dataclasses.replace(nv, **changes)
 
     def next_visit(self, nv: NextVisit) -> Decision:
         """Announce, then carry out the decision as the runtime does."""
