@@ -181,8 +181,9 @@ class Arrivals(Desk):
     # ---- cancel -----------------------------------------------------------------------------
 
     def cancel(self, group: str) -> bool:
-        """Cancel the group's jobs not yet on a pilot. False: the group is not announced and
-        not remembered as canceled (record it, then call ``canceled_unannounced``)."""
+        """Cancel the group's jobs not yet on a pilot. False: the group has no visit (it is
+        not announced, or only noted) and is not remembered as canceled (record it, then call
+        ``canceled_unannounced``)."""
         matched = [v for v in self.book.visits.values() if v.nv.group_id == group]
         for visit in matched:
             n = 0
@@ -196,6 +197,9 @@ class Arrivals(Desk):
 
     def canceled_unannounced(self, group: str, when: float) -> None:
         self.book.remember_canceled(group, when)
+        for key in [k for k in self.book.announced if k[1] == group]:
+            del self.book.announced[key]  # noted, not built: its first image must not build it
+            self.book.close(key, "canceled")
         for key in self.book.held.of_group(group):
             self.drop_held(key)
 
@@ -238,10 +242,12 @@ class Arrivals(Desk):
         ))  # fmt: skip
 
     def drop_held(self, key: VisitKey, reason: str = "visit_closed") -> None:
-        """Images that waited for a next-visit that turned out ignored or canceled."""
+        """Images that waited for a next-visit that turned out ignored or canceled, or never
+        came: their rows go too (else every restart would hold them again)."""
         dropped = self.book.held.pop(key)
         if dropped:
             self.metrics.ignored.labels("image-arrival", reason).inc(len(dropped))
+            self.out.append(HeldApplied(key))
 
     def apply_image(self, visit: Visit, arrival: ImageArrival, consumed: float) -> None:
         job = visit.jobs.get(arrival.detector)

@@ -83,6 +83,8 @@ class Dispatch(Desk):
         except FrameTooLargeError as exc:  # every pilot would refuse it: fail now, with why
             self.fail(job, FailureKind.UNSENDABLE, f"the job cannot be sent: {exc}")
             return
+        if job.pilot_id != pilot.id:
+            self.book.pilots.reassign(job, pilot)
         job.state = JobState.SENT
         job.pilot_id = pilot.id
         job.tried.add(pilot.id)

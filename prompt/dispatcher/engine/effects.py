@@ -42,7 +42,8 @@ class SaveHeld:
 
 @dataclass(frozen=True, slots=True)
 class HeldApplied:
-    """The group's held images are applied to its visit: their rows can go."""
+    """The group's held images are done with (applied to its visit, or dropped): their rows
+    can go."""
 
     key: VisitKey
 

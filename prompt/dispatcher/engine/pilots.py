@@ -90,7 +90,21 @@ class PilotRegistry:
                 best, best_rank = pilot, rank
         return best
 
+    def reassign(self, job: Job, pilot: PilotState) -> None:
+        """The job goes to ``pilot``: the load it counted on the pilot it was with moves too,
+        so ``assigned`` stays the jobs each pilot has and that have not ended."""
+        previous = self.pilots.get(job.pilot_id) if job.pilot_id else None
+        if previous is not None:
+            previous.assigned = max(0, previous.assigned - 1)
+        pilot.assigned += 1
+
     def holder_waiting(self, job: Job) -> bool:
-        """The pilot that preloaded the job is connected and will have a slot for it."""
+        """The pilot that preloaded the job is connected, not draining, and will have a slot
+        for it."""
         holder = self.pilots.get(job.pilot_id) if job.pilot_id else None
-        return holder is not None and holder.connected and holder.id not in job.tried
+        return (
+            holder is not None
+            and holder.connected
+            and not holder.draining
+            and holder.id not in job.tried
+        )

@@ -93,7 +93,8 @@ def snapshot(book: Book, now: float) -> Snapshot:
         now=now,
         visits=live + list(book.recent),
         jobs_by_state={s: states.get(s, 0) for s in OPEN_STATES},
-        ready_queue=len(book.ready),
+        # The queue keeps jobs canceled or expired while queued until a pilot pops them.
+        ready_queue=sum(1 for _, _, job in book.ready if job.state is JobState.READY),
         held_images=len(book.held),
         pilots=pilots,
         problems=list(reversed(book.problems))[:30],
