@@ -32,6 +32,7 @@ from prompt.events import AvroCodec, EventKind, make_registry
 from prompt.events.raw_metadata import RawMetadataResolver
 from prompt.kafka import aiokafka_options, consumer_options
 from prompt.metrics import DispatcherMetrics
+from prompt.metrics.loop import LoopLagMonitor
 from prompt.metrics.state import DispatcherStateCollector
 from prompt.runtime import freeze_startup_objects
 from prompt.stack import resolve_endpoints
@@ -176,6 +177,7 @@ async def serve(
                 tg.create_task(writer.run(), name="state-writer"),
                 tg.create_task(publisher.run(), name="completion-publisher"),
                 tg.create_task(_sweeper(dispatcher, config.sweep_interval_s), name="sweeper"),
+                tg.create_task(LoopLagMonitor(metrics.registry).run(), name="loop-lag"),
             ]
             freeze_startup_objects()
             await _wait_for_pilots(dispatcher, config.heartbeat_timeout_s, stop)
