@@ -17,7 +17,10 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from loadtest.brokerprobe import FetchProbe, PartitionSize, partition_sizes
+from loadtest.checks import LagTolerance
 from loadtest.plan import CANCEL, IMAGE, NEXT_VISIT, Faults, Plan, Timing, build_plan
+from loadtest.sampler import Sample, Sampler
 from loadtest.schedule import Night, PlannedVisit
 from loadtest.science import read_all
 from prompt.calib.regions import region_of
@@ -39,7 +42,7 @@ from prompt.instruments import raw_key
 from prompt.kafka import ensure_topics
 from prompt.pipeline.alerts import MJD_UNIX_EPOCH
 from prompt.sim import SimConfig, SimVisit, generate, read_truth
-from prompt.stack import Stack
+from prompt.stack import Stack, resolve_endpoints
 from prompt.stack.scratch import scratch_database
 from prompt.stats import percentile
 from prompt.tasks import TaskFile
@@ -72,6 +75,14 @@ class ReplayConfig:
     """alert payload: where the synthetic observatory writes (calibrations are reused)."""
     sim: SimConfig = field(default_factory=SimConfig)
     quiet: bool = False
+    image_partitions: int = 16
+    """Partitions of the run's image-arrival topic (images keyed by visit). The embedded
+    broker's fetch cost grows with the batches a partition holds, and a fetch that cannot list
+    them within its max wait returns nothing: one partition holds about 3 hours of a night at
+    20x (see docs/night.md)."""
+    sample_s: float = 2.0
+    """Wall seconds between samples of memory, CPU, lag and broker fetch cost."""
+    lag_tolerance: LagTolerance = field(default_factory=LagTolerance)
 
     @property
     def data_uri(self) -> str:
@@ -93,6 +104,12 @@ class ReplayResult:
     """alert payload: every message value on the alert topic."""
     truth: list[dict[str, Any]] = field(default_factory=list)
     """alert payload: the injected sources."""
+    driver_lags: list[tuple[int, float]] = field(default_factory=list)
+    """(visit index, wall s sent after its planned time) for every event sent."""
+    produce_ms: list[tuple[float, float]] = field(default_factory=list)
+    """(wall s since start, ms) of every next-visit's acknowledged produce."""
+    samples: list[Sample] = field(default_factory=list)
+    topic_sizes: list[PartitionSize] = field(default_factory=list)
 
 
 def replay_task(config: ReplayConfig, name: str) -> TaskFile:
@@ -225,6 +242,9 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
     if config.payload == "alert":
         night = for_alerts(night)
         truth = await prepare_data(night, config, run_id)
+    # The stack with the base settings: it creates the default topics, not this run's (which
+    # are made below, with their own partition counts).
+    stack = Stack(settings)
     topics = Topics().suffixed(run_id)
     settings = settings.with_overrides(
         topics=topics,
@@ -234,18 +254,30 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
         dispatch_mode=config.mode,
         affinity_wait_s=settings.affinity_wait_s / config.timing.speed,
     )
-    stack = Stack(settings)
     was_running = bool(stack.status()["running"])
     endpoints = await stack.up()
+    status = stack.status()
+    server_pids = {
+        role: [status[role]["pid"]]
+        for role in ("broker", "postgres")
+        if isinstance(status.get(role), dict) and status[role].get("pid")
+    }
     external = settings.database_url is not None
     try:
         async with scratch_database(endpoints.database_url, "replay") as url:
             run_settings = settings.with_overrides(
                 database_url=url, kafka_bootstrap=endpoints.kafka_bootstrap
             )
-            await ensure_topics(run_settings, endpoints.kafka_bootstrap)
+            await ensure_topics(
+                run_settings, endpoints.kafka_bootstrap,
+                partitions={topics.image_arrival: config.image_partitions},
+            )  # fmt: skip
             await apply_task_file(run_settings, replay_task(config, f"replay-{run_id}"))
-            result = await _drive(run_settings, night, config, run_id)
+            result = await _drive(run_settings, night, config, run_id, server_pids)
+            result.topic_sizes = await partition_sizes(
+                run_settings, endpoints.kafka_bootstrap,
+                [topics.next_visit, topics.image_arrival, topics.completion],
+            )  # fmt: skip
             if config.payload == "alert":
                 result.alerts = await read_all(run_settings, run_settings.topics.alerts)
                 result.truth = truth
@@ -267,7 +299,11 @@ def _pilot_args(config: ReplayConfig) -> tuple[str, ...]:
 
 
 async def _drive(
-    settings: Settings, night: Night, config: ReplayConfig, run_id: str
+    settings: Settings,
+    night: Night,
+    config: ReplayConfig,
+    run_id: str,
+    server_pids: dict[str, list[int]],
 ) -> ReplayResult:
     s = config.timing.speed
     plan = build_plan(night, list(config.detectors), config.timing, config.faults, config.seed)
@@ -276,6 +312,15 @@ async def _drive(
     service: ServiceProcess = start_dispatcher(settings, log_dir=log_dir)
     pilots: dict[str, PilotProcess] = {}
     kills: list[tuple[float, str]] = []
+    lags: list[tuple[int, float]] = []
+    produce_ms: list[tuple[float, float]] = []
+
+    def pids() -> dict[str, list[int]]:
+        live = [p.proc.pid for p in pilots.values() if p.proc.poll() is None]
+        return {"dispatcher": [service.proc.pid], "pilots": live, **server_pids}
+
+    bootstrap = resolve_endpoints(settings).kafka_bootstrap
+    probe = FetchProbe(settings, bootstrap, settings.topics.image_arrival)
 
     def spawn(pid: str) -> None:
         pilots[pid] = start_pilot(
@@ -291,7 +336,17 @@ async def _drive(
         groups = {v.index: group_id_for(night, v, run_id) for v in night.visits}
         bucket = config.data_uri if config.payload == "alert" else "s3://rubin-summit"
         progress = Progress(plan, config.quiet, s)
-        async with CompletionCollector(settings) as collector, EventSender(settings) as sender:
+        await probe.start()
+        sampler = Sampler(
+            interval_s=config.sample_s, clock=lambda: time.monotonic() - t0, pids=pids,
+            metrics_url=f"http://127.0.0.1:{service.http_port}/metrics",
+            image_topic=settings.topics.image_arrival, fetch_ms=probe.fetch_ms,
+        )  # fmt: skip
+        async with (
+            CompletionCollector(settings, poll_interval_s=1.0) as collector,
+            EventSender(settings) as sender,
+            sampler,
+        ):
             t0 = time.monotonic()
             started_wall = time.time()
             kill_queue = list(plan.kill_times)
@@ -316,12 +371,15 @@ async def _drive(
                     await asyncio.sleep(min(wait, 0.25))
                     progress.maybe_print(collector, len(night.visits))
                 v = event.visit
+                sent = time.monotonic() - t0
+                lags.append((v.index, sent - event.wall))
                 if event.kind == NEXT_VISIT:
                     start_wall = started_wall + (event.wall + config.timing.lead_s / s)
                     nv = nvs.setdefault(
                         v.index, next_visit(night, v, groups[v.index], start_wall, s)
                     )
                     await sender.next_visit(nv)
+                    produce_ms.append((sent, (time.monotonic() - t0 - sent) * 1e3))
                 elif event.kind == CANCEL:
                     await sender.cancel(groups[v.index], v.visit_id)
                 elif event.kind == IMAGE:
@@ -345,6 +403,7 @@ async def _drive(
             records = list(collector.records)
             finished_wall = time.time()
     finally:
+        await probe.stop()
         for pilot in pilots.values():
             await asyncio.to_thread(pilot.stop_if_running)
         await asyncio.to_thread(service.stop_if_running)
@@ -358,4 +417,7 @@ async def _drive(
         finished_wall=finished_wall,
         pilot_slots={pid: config.slots for pid in pilots},
         kills=kills,
+        driver_lags=lags,
+        produce_ms=produce_ms,
+        samples=sampler.samples,
     )
