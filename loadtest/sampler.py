@@ -116,8 +116,13 @@ class Sampler:
         metrics_url: str | None,
         image_topic: str,
         fetch_ms: Callable[[], Any] | None = None,
+        memory_every: int = 5,
     ) -> None:
         self.interval_s = interval_s
+        self.memory_every = memory_every
+        """Memory (PSS: the kernel walks every mapping of ~200 processes, tens of ms on a busy
+        machine) only every this many samples; CPU, lag and the probe every sample."""
+        self._n = 0
         self.samples: list[Sample] = []
         self._clock = clock
         self._pids = pids
@@ -133,6 +138,7 @@ class Sampler:
     async def __aenter__(self) -> Sampler:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         await asyncio.to_thread(self._processes)  # CPU baseline
+        self._n = 0  # the first sample proper has memory too
         self._last_wall = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
@@ -161,6 +167,8 @@ class Sampler:
         return s
 
     def _processes(self) -> tuple[dict[str, float], dict[str, float]]:
+        with_memory = self._n % self.memory_every == 0
+        self._n += 1
         now = time.monotonic()
         elapsed = max(1e-6, now - self._last_wall)
         self._last_wall = now
@@ -170,7 +178,8 @@ class Sampler:
             procs = [p for pid in pids for p in _tree(pid)]
             if not procs:
                 continue
-            rss[role] = _memory_mib(procs)
+            if with_memory:
+                rss[role] = _memory_mib(procs)
             cpu[role] = 100 * _cpu_s(procs, self._cpu_seen.setdefault(role, {})) / elapsed
         return rss, cpu
 

@@ -83,8 +83,11 @@ def check_night_fields(result: ReplayResult, summary: dict[str, Any]) -> None:
     assert len(result.driver_lags) == len(result.plan.events)
     assert summary["driver_lag_s"]["max"] >= summary["driver_lag_s"]["p50"] >= 0
     assert result.samples, "sampled during the run"
-    assert all(set(x.rss_mib) == {"dispatcher", "pilots", "broker", "postgres"}
-               for x in result.samples)  # fmt: skip
+    # The session's stack is external to the replay: its broker and PostgreSQL are not sampled
+    # here (a replay that starts its own stack samples them too).
+    with_memory = [x for x in result.samples if x.rss_mib]
+    assert with_memory and all({"dispatcher", "pilots"} <= set(x.rss_mib) for x in with_memory)
+    assert all(x.cpu_pct["pilots"] >= 0 for x in result.samples)
     assert any(x.lag for x in result.samples) and any(
         x.loop_lag_max_ms is not None for x in result.samples
     ), "the dispatcher's /metrics was scraped"
