@@ -13,6 +13,7 @@ import orjson
 from loadtest.replay import ReplayResult
 from loadtest.sampler import ROLES
 from loadtest.summary import BUDGET_S, stage_ms, summary_lines, timeline
+from prompt.stats import percentile
 
 PLOTS = (
     "latency_histogram",
@@ -61,7 +62,14 @@ def _plots(result: ReplayResult) -> dict[str, str]:
     xs = [visit_start[index_of[r["groupId"]]] / 3600 for r in ran if r["groupId"] in index_of]
     ys = [r["latencySeconds"] * speed for r in ran if r["groupId"] in index_of]
     ax.scatter(xs, ys, s=2, alpha=0.4, color="#4477aa")
+    per_x: dict[float, list[float]] = {}
+    for x, y in zip(xs, ys, strict=True):
+        per_x.setdefault(x, []).append(y)
+    p99 = sorted((x, percentile(sorted(v), 99)) for x, v in per_x.items())
+    ax.plot([x for x, _ in p99], [y for _, y in p99], lw=0.8, color="#222222",
+            label="p99 per visit")  # fmt: skip
     ax.axhline(BUDGET_S, color="#cc3311", lw=1.5)
+    ax.legend(fontsize=7)
     ax.set(xlabel="hours since the first visit", ylabel="latency (night s)",
            title="Latency over the night")  # fmt: skip
     out["latency_over_night"] = _figure_png(fig)
@@ -156,6 +164,7 @@ def _night_plots(result: ReplayResult, plt: Any) -> dict[str, str]:
     ax.axhline(tol.p99_s, color="#332288", ls=":", lw=1, label=f"p99 tolerance {tol.p99_s} s")
     ax.axhline(tol.max_s, color="#cc6677", ls=":", lw=1, label=f"max tolerance {tol.max_s} s")
     ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_ylim(bottom=0)
     ax.set(xlabel="visit", ylabel="sent - planned (night s)",
            title="Driver lag per visit (the harness keeping its schedule)")  # fmt: skip
     ax.legend(fontsize=7)
