@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import random
 import time
 import uuid
@@ -207,6 +208,27 @@ class Progress:
         )
 
 
+class HeapFreezer:
+    """Every ``every_s``, moves all the driver holds so far (by morning ~193k completion
+    records) out of the garbage collector's sight: a full collection over them took ~140 ms
+    (measured on 193k such dicts), a stall of the driver's schedule that grew with the night.
+    The records stay referenced until the end anyway; ``stop`` gives them back to the GC."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last = time.monotonic()
+
+    def maybe(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            gc.freeze()
+            self._last = now
+
+    @staticmethod
+    def stop() -> None:
+        gc.unfreeze()
+
+
 def for_alerts(night: Night) -> Night:
     """The night as the synthetic observatory observes it: each visit pointed at the centre of
     its template region, one snap (the simulator makes one raw per visit and detector)."""
@@ -348,6 +370,7 @@ async def _drive(
         groups = {v.index: group_id_for(night, v, run_id) for v in night.visits}
         bucket = config.data_uri if config.payload == "alert" else "s3://rubin-summit"
         progress = Progress(plan, config.quiet, s)
+        freezer = HeapFreezer()
         await probe.start()
         sampler = Sampler(
             interval_s=config.sample_s, clock=lambda: time.monotonic() - t0, pids=pids,
@@ -382,6 +405,7 @@ async def _drive(
                         break
                     await asyncio.sleep(min(wait, 0.25))
                     progress.maybe_print(collector, len(night.visits))
+                    freezer.maybe()
                 v = event.visit
                 sent = time.monotonic() - t0
                 lags.append((v.index, sent - event.wall))
@@ -410,11 +434,13 @@ async def _drive(
             while len(collector.by_job) < plan.jobs and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
                 progress.maybe_print(collector, len(night.visits))
+                freezer.maybe()
             await asyncio.sleep(1.0)  # a duplicate would show up now
             progress.maybe_print(collector, len(night.visits), force=True)
             records = list(collector.records)
             finished_wall = time.time()
     finally:
+        HeapFreezer.stop()
         await probe.stop()
         for pilot in pilots.values():
             await asyncio.to_thread(pilot.stop_if_running)

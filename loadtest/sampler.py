@@ -191,7 +191,7 @@ class Sampler:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError):
             return
-        m = parse_metrics(text, self._image_topic)
+        m = await asyncio.to_thread(parse_metrics, text, self._image_topic)
         s.lag = {"image-arrival": m["lag_image"], "control": m["lag_control"]}
         if "loop_lag_max_s" in m:
             s.loop_lag_max_ms = m["loop_lag_max_s"] * 1e3
