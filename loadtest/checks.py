@@ -24,9 +24,13 @@ class LagTolerance:
     """Driver lag (actual send minus planned), night seconds."""
 
     p99_s: float = 1.0
-    """No visit may have a p99 beyond this."""
-    max_s: float = 10.0
-    """No event may go out later than this (images time out 60 s after the visit)."""
+    """A visit whose p99 is beyond this was sent late ..."""
+    late_visits: float = 0.01
+    """... and more than this fraction of the visits sent late makes the run invalid (a run of
+    a thousand visits on a shared machine may see a few brief stalls; each is still listed)."""
+    max_s: float = 30.0
+    """No event may go out later than this: half the 60 s image timeout, beyond which a late
+    send could make a job expire and the service be blamed."""
 
 
 def driver_lag_by_visit(
@@ -51,15 +55,16 @@ def driver_lag_by_visit(
 def validity(
     by_visit: Mapping[int, Mapping[str, float]], tolerance: LagTolerance
 ) -> dict[str, Any]:
-    """``{"valid", "reasons", "late_visits"}``: invalid when any visit's events went out later
-    than the tolerance allows."""
+    """``{"valid", "reasons", "late_visits"}``: invalid when too many visits, or any single
+    event, went out later than the tolerance allows. Late visits are listed either way."""
     over_p99 = [v for v, s in by_visit.items() if s["p99_s"] > tolerance.p99_s]
     over_max = [v for v, s in by_visit.items() if s["max_s"] > tolerance.max_s]
     reasons = []
-    if over_p99:
+    if len(over_p99) > tolerance.late_visits * len(by_visit):
         worst = max(over_p99, key=lambda v: by_visit[v]["p99_s"])
         reasons.append(
-            f"{len(over_p99)} visit(s) sent with a p99 driver lag over {tolerance.p99_s} night s "
+            f"{len(over_p99)} of {len(by_visit)} visits (over {tolerance.late_visits:.0%}) sent "
+            f"with a p99 driver lag over {tolerance.p99_s} night s "
             f"(worst: visit {worst}, {by_visit[worst]['p99_s']} s)"
         )
     if over_max:
@@ -73,8 +78,10 @@ def validity(
     return {
         "valid": not reasons,
         "reasons": reasons,
+        "late_visit_count": len(set(over_p99) | set(over_max)),
         "late_visits": sorted(set(over_p99) | set(over_max))[:50],
         "tolerance_s": {"p99": tolerance.p99_s, "max": tolerance.max_s},
+        "late_visit_fraction_allowed": tolerance.late_visits,
     }
 
 

@@ -167,6 +167,12 @@ def next_visit(
     )
 
 
+COLLECT_EVERY_S = 2.0
+"""The completion collector reads this often: each read of its partition costs the embedded
+broker a listing of every batch there (~14,500 by the end of a night at 20x: ~12 ms by the
+slope measured in docs/night.md, E1)."""
+
+
 class Progress:
     """Progress lines every 2 s. Incremental: it looks only at completions new since the last
     line (a pass over every record so far, on the driver's loop, grew with the night and made
@@ -378,7 +384,7 @@ async def _drive(
             image_topic=settings.topics.image_arrival, fetch_ms=probe.fetch_ms,
         )  # fmt: skip
         async with (
-            CompletionCollector(settings, poll_interval_s=1.0) as collector,
+            CompletionCollector(settings, poll_interval_s=COLLECT_EVERY_S) as collector,
             EventSender(settings) as sender,
             sampler,
         ):
@@ -435,7 +441,7 @@ async def _drive(
                 await asyncio.sleep(0.2)
                 progress.maybe_print(collector, len(night.visits))
                 freezer.maybe()
-            await asyncio.sleep(1.0)  # a duplicate would show up now
+            await asyncio.sleep(1.0 + COLLECT_EVERY_S)  # a duplicate would show up now
             progress.maybe_print(collector, len(night.visits), force=True)
             records = list(collector.records)
             finished_wall = time.time()

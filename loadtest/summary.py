@@ -159,6 +159,8 @@ def _over_the_night(result: ReplayResult) -> dict[str, Any]:
             **summarize(all_lags, 3),
             "tolerance_p99": check["tolerance_s"]["p99"],
             "tolerance_max": check["tolerance_s"]["max"],
+            "late_visits_allowed": check["late_visit_fraction_allowed"],
+            "late_visit_count": check["late_visit_count"],
             "late_visits": check["late_visits"],
         },
         "first_last_tenth": {
@@ -258,8 +260,9 @@ def _night_lines(summary: dict[str, Any]) -> list[str]:
 
     lines = [
         f"valid {str(summary['valid']).lower()}  driver lag (night s) p50 {lag['p50']}  "
-        f"p99 {lag['p99']}  max {lag['max']}  (tolerance p99 {lag['tolerance_p99']}, "
-        f"max {lag['tolerance_max']})",
+        f"p99 {lag['p99']}  max {lag['max']}  (tolerance p99 {lag['tolerance_p99']} per visit "
+        f"for all but {lag['late_visits_allowed']:.0%} of visits, max {lag['tolerance_max']}; "
+        f"late visits {lag['late_visit_count']})",
         *(f"INVALID: {reason}" for reason in summary["invalid_reasons"]),
         f"first -> last tenth: latency p99 {pair('latency_p99_s')} s  overhead p99 "
         f"{pair('overhead_p99_ms')} ms  image lag p99 {pair('image_lag_p99')}  broker fetch "
