@@ -69,7 +69,7 @@ def _plots(result: ReplayResult) -> dict[str, str]:
     ax.plot([x for x, _ in p99], [y for _, y in p99], lw=0.8, color="#222222",
             label="p99 per visit")  # fmt: skip
     ax.axhline(BUDGET_S, color="#cc3311", lw=1.5)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")
     ax.set(xlabel="hours since the first visit", ylabel="latency (night s)",
            title="Latency over the night")  # fmt: skip
     out["latency_over_night"] = _figure_png(fig)
