@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import random
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 
+from loadtest.brokerprobe import FetchProbe, PartitionSize, partition_sizes
+from loadtest.checks import LagTolerance
 from loadtest.plan import CANCEL, IMAGE, NEXT_VISIT, Faults, Plan, Timing, build_plan
+from loadtest.sampler import Sample, Sampler
 from loadtest.schedule import Night, PlannedVisit
 from loadtest.science import read_all
 from prompt.calib.regions import region_of
@@ -39,7 +44,7 @@ from prompt.instruments import raw_key
 from prompt.kafka import ensure_topics
 from prompt.pipeline.alerts import MJD_UNIX_EPOCH
 from prompt.sim import SimConfig, SimVisit, generate, read_truth
-from prompt.stack import Stack
+from prompt.stack import Stack, resolve_endpoints
 from prompt.stack.scratch import scratch_database
 from prompt.stats import percentile
 from prompt.tasks import TaskFile
@@ -72,6 +77,14 @@ class ReplayConfig:
     """alert payload: where the synthetic observatory writes (calibrations are reused)."""
     sim: SimConfig = field(default_factory=SimConfig)
     quiet: bool = False
+    image_partitions: int = 16
+    """Partitions of the run's image-arrival topic (images keyed by visit). The embedded
+    broker's fetch cost grows with the batches a partition holds, and a fetch that cannot list
+    them within its max wait returns nothing: one partition holds about 3 hours of a night at
+    20x (see docs/night.md)."""
+    sample_s: float = 2.0
+    """Wall seconds between samples of memory, CPU, lag and broker fetch cost."""
+    lag_tolerance: LagTolerance = field(default_factory=LagTolerance)
 
     @property
     def data_uri(self) -> str:
@@ -93,6 +106,12 @@ class ReplayResult:
     """alert payload: every message value on the alert topic."""
     truth: list[dict[str, Any]] = field(default_factory=list)
     """alert payload: the injected sources."""
+    driver_lags: list[tuple[int, float]] = field(default_factory=list)
+    """(visit index, wall s sent after its planned time) for every event sent."""
+    produce_ms: list[tuple[float, float]] = field(default_factory=list)
+    """(wall s since start, ms) of every next-visit's acknowledged produce."""
+    samples: list[Sample] = field(default_factory=list)
+    topic_sizes: list[PartitionSize] = field(default_factory=list)
 
 
 def replay_task(config: ReplayConfig, name: str) -> TaskFile:
@@ -148,12 +167,28 @@ def next_visit(
     )
 
 
+COLLECT_EVERY_S = 2.0
+"""The completion collector reads this often: each read of its partition costs the embedded
+broker a listing of every batch there (~14,500 by the end of a night at 20x: ~12 ms by the
+slope measured in docs/night.md, E1)."""
+
+
 class Progress:
+    """Progress lines every 2 s. Incremental: it looks only at completions new since the last
+    line (a pass over every record so far, on the driver's loop, grew with the night and made
+    the driver late), and the p99 is over the most recent ``RECENT`` jobs."""
+
+    RECENT = 5000
+
     def __init__(self, plan: Plan, quiet: bool, speed: float) -> None:
         self.plan = plan
         self.quiet = quiet
         self.speed = speed
         self.last = 0.0
+        self._seen = 0
+        self._per_visit: dict[str, int] = {}
+        self._done = 0
+        self._recent: deque[float] = deque(maxlen=self.RECENT)
 
     def maybe_print(
         self, collector: CompletionCollector, visits_total: int, force: bool = False
@@ -162,20 +197,42 @@ class Progress:
         if self.quiet or (not force and now - self.last < 2.0):
             return
         self.last = now
-        per_visit: dict[str, int] = {}
-        lat = []
-        for r in collector.records:
-            per_visit[r["groupId"]] = per_visit.get(r["groupId"], 0) + 1
-            if r["latencySeconds"] is not None:
-                lat.append(r["latencySeconds"] * self.speed)
         jobs_per_visit = max(1, self.plan.jobs // max(1, visits_total))
-        done = sum(1 for n in per_visit.values() if n >= jobs_per_visit)
-        p99 = percentile(sorted(lat), 99) if lat else float("nan")
+        new = collector.records[self._seen :]
+        self._seen += len(new)
+        for r in new:
+            n = self._per_visit[r["groupId"]] = self._per_visit.get(r["groupId"], 0) + 1
+            if n == jobs_per_visit:
+                self._done += 1
+            if r["latencySeconds"] is not None:
+                self._recent.append(r["latencySeconds"] * self.speed)
+        p99 = percentile(sorted(self._recent), 99) if self._recent else float("nan")
         print(
-            f"  visits done {done}/{visits_total}  completions {len(collector.by_job)}/"
-            f"{self.plan.jobs}  p99 latency {p99:.1f} s",
+            f"  visits done {self._done}/{visits_total}  completions {len(collector.by_job)}/"
+            f"{self.plan.jobs}  p99 latency (last {len(self._recent)} jobs) {p99:.1f} s",
             flush=True,
         )
+
+
+class HeapFreezer:
+    """Every ``every_s``, moves all the driver holds so far (by morning ~193k completion
+    records) out of the garbage collector's sight: a full collection over them took ~140 ms
+    (measured on 193k such dicts), a stall of the driver's schedule that grew with the night.
+    The records stay referenced until the end anyway; ``stop`` gives them back to the GC."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last = time.monotonic()
+
+    def maybe(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            gc.freeze()
+            self._last = now
+
+    @staticmethod
+    def stop() -> None:
+        gc.unfreeze()
 
 
 def for_alerts(night: Night) -> Night:
@@ -225,6 +282,9 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
     if config.payload == "alert":
         night = for_alerts(night)
         truth = await prepare_data(night, config, run_id)
+    # The stack with the base settings: it creates the default topics, not this run's (which
+    # are made below, with their own partition counts).
+    stack = Stack(settings)
     topics = Topics().suffixed(run_id)
     settings = settings.with_overrides(
         topics=topics,
@@ -234,18 +294,30 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
         dispatch_mode=config.mode,
         affinity_wait_s=settings.affinity_wait_s / config.timing.speed,
     )
-    stack = Stack(settings)
     was_running = bool(stack.status()["running"])
     endpoints = await stack.up()
+    status = stack.status()
+    server_pids = {
+        role: [status[role]["pid"]]
+        for role in ("broker", "postgres")
+        if isinstance(status.get(role), dict) and status[role].get("pid")
+    }
     external = settings.database_url is not None
     try:
         async with scratch_database(endpoints.database_url, "replay") as url:
             run_settings = settings.with_overrides(
                 database_url=url, kafka_bootstrap=endpoints.kafka_bootstrap
             )
-            await ensure_topics(run_settings, endpoints.kafka_bootstrap)
+            await ensure_topics(
+                run_settings, endpoints.kafka_bootstrap,
+                partitions={topics.image_arrival: config.image_partitions},
+            )  # fmt: skip
             await apply_task_file(run_settings, replay_task(config, f"replay-{run_id}"))
-            result = await _drive(run_settings, night, config, run_id)
+            result = await _drive(run_settings, night, config, run_id, server_pids)
+            result.topic_sizes = await partition_sizes(
+                run_settings, endpoints.kafka_bootstrap,
+                [topics.next_visit, topics.image_arrival, topics.completion],
+            )  # fmt: skip
             if config.payload == "alert":
                 result.alerts = await read_all(run_settings, run_settings.topics.alerts)
                 result.truth = truth
@@ -267,7 +339,11 @@ def _pilot_args(config: ReplayConfig) -> tuple[str, ...]:
 
 
 async def _drive(
-    settings: Settings, night: Night, config: ReplayConfig, run_id: str
+    settings: Settings,
+    night: Night,
+    config: ReplayConfig,
+    run_id: str,
+    server_pids: dict[str, list[int]],
 ) -> ReplayResult:
     s = config.timing.speed
     plan = build_plan(night, list(config.detectors), config.timing, config.faults, config.seed)
@@ -276,6 +352,15 @@ async def _drive(
     service: ServiceProcess = start_dispatcher(settings, log_dir=log_dir)
     pilots: dict[str, PilotProcess] = {}
     kills: list[tuple[float, str]] = []
+    lags: list[tuple[int, float]] = []
+    produce_ms: list[tuple[float, float]] = []
+
+    def pids() -> dict[str, list[int]]:
+        live = [p.proc.pid for p in pilots.values() if p.proc.poll() is None]
+        return {"dispatcher": [service.proc.pid], "pilots": live, **server_pids}
+
+    bootstrap = resolve_endpoints(settings).kafka_bootstrap
+    probe = FetchProbe(settings, bootstrap, settings.topics.image_arrival)
 
     def spawn(pid: str) -> None:
         pilots[pid] = start_pilot(
@@ -291,7 +376,18 @@ async def _drive(
         groups = {v.index: group_id_for(night, v, run_id) for v in night.visits}
         bucket = config.data_uri if config.payload == "alert" else "s3://rubin-summit"
         progress = Progress(plan, config.quiet, s)
-        async with CompletionCollector(settings) as collector, EventSender(settings) as sender:
+        freezer = HeapFreezer()
+        await probe.start()
+        sampler = Sampler(
+            interval_s=config.sample_s, clock=lambda: time.monotonic() - t0, pids=pids,
+            metrics_url=f"http://127.0.0.1:{service.http_port}/metrics",
+            image_topic=settings.topics.image_arrival, fetch_ms=probe.fetch_ms,
+        )  # fmt: skip
+        async with (
+            CompletionCollector(settings, poll_interval_s=COLLECT_EVERY_S) as collector,
+            EventSender(settings) as sender,
+            sampler,
+        ):
             t0 = time.monotonic()
             started_wall = time.time()
             kill_queue = list(plan.kill_times)
@@ -315,13 +411,17 @@ async def _drive(
                         break
                     await asyncio.sleep(min(wait, 0.25))
                     progress.maybe_print(collector, len(night.visits))
+                    freezer.maybe()
                 v = event.visit
+                sent = time.monotonic() - t0
+                lags.append((v.index, sent - event.wall))
                 if event.kind == NEXT_VISIT:
                     start_wall = started_wall + (event.wall + config.timing.lead_s / s)
                     nv = nvs.setdefault(
                         v.index, next_visit(night, v, groups[v.index], start_wall, s)
                     )
                     await sender.next_visit(nv)
+                    produce_ms.append((sent, (time.monotonic() - t0 - sent) * 1e3))
                 elif event.kind == CANCEL:
                     await sender.cancel(groups[v.index], v.visit_id)
                 elif event.kind == IMAGE:
@@ -340,11 +440,14 @@ async def _drive(
             while len(collector.by_job) < plan.jobs and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
                 progress.maybe_print(collector, len(night.visits))
-            await asyncio.sleep(1.0)  # a duplicate would show up now
+                freezer.maybe()
+            await asyncio.sleep(1.0 + COLLECT_EVERY_S)  # a duplicate would show up now
             progress.maybe_print(collector, len(night.visits), force=True)
             records = list(collector.records)
             finished_wall = time.time()
     finally:
+        HeapFreezer.stop()
+        await probe.stop()
         for pilot in pilots.values():
             await asyncio.to_thread(pilot.stop_if_running)
         await asyncio.to_thread(service.stop_if_running)
@@ -358,4 +461,7 @@ async def _drive(
         finished_wall=finished_wall,
         pilot_slots={pid: config.slots for pid in pilots},
         kills=kills,
+        driver_lags=lags,
+        produce_ms=produce_ms,
+        samples=sampler.samples,
     )

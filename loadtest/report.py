@@ -11,8 +11,10 @@ from typing import Any
 import orjson
 
 from loadtest.replay import ReplayResult
-from loadtest.summary import BUDGET_S, stage_ms, summary_lines
+from loadtest.sampler import ROLES
+from loadtest.summary import BUDGET_S, stage_ms, summary_lines, timeline
 from prompt.extras import import_optional
+from prompt.stats import percentile
 
 PLOTS = (
     "latency_histogram",
@@ -21,6 +23,11 @@ PLOTS = (
     "stage_breakdown",
     "cache_hits",
     "pilot_utilisation",
+    "driver_lag",
+    "consumer_lag",
+    "memory_over_night",
+    "cpu_over_night",
+    "broker_and_loop",
 )
 
 
@@ -54,7 +61,14 @@ def _plots(result: ReplayResult) -> dict[str, str]:
     xs = [visit_start[index_of[r["groupId"]]] / 3600 for r in ran if r["groupId"] in index_of]
     ys = [r["latencySeconds"] * speed for r in ran if r["groupId"] in index_of]
     ax.scatter(xs, ys, s=2, alpha=0.4, color="#4477aa")
+    per_x: dict[float, list[float]] = {}
+    for x, y in zip(xs, ys, strict=True):
+        per_x.setdefault(x, []).append(y)
+    p99 = sorted((x, percentile(sorted(v), 99)) for x, v in per_x.items())
+    ax.plot([x for x, _ in p99], [y for _, y in p99], lw=0.8, color="#222222",
+            label="p99 per visit")  # fmt: skip
     ax.axhline(BUDGET_S, color="#cc3311", lw=1.5)
+    ax.legend(fontsize=7, loc="upper right")
     ax.set(xlabel="hours since the first visit", ylabel="latency (night s)",
            title="Latency over the night")  # fmt: skip
     out["latency_over_night"] = _figure_png(fig)
@@ -128,12 +142,84 @@ def _plots(result: ReplayResult) -> dict[str, str]:
     ax.legend(fontsize=7)
     out["pilot_utilisation"] = _figure_png(fig)
     plt.close(fig)
+    out.update(_night_plots(result, plt))
+    return out
+
+
+def _night_plots(result: ReplayResult, plt: Any) -> dict[str, str]:
+    """The harness's schedule and the machine over the night (x: night hours since start)."""
+    speed = result.config.timing.speed
+    hours = 3600 / speed
+    out: dict[str, str] = {}
+    tl = timeline(result)
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    rows = tl["driver_lag_by_visit"]
+    ax.plot([r["visit"] for r in rows], [r["max_s"] for r in rows], lw=1, color="#cc6677",
+            label="max")  # fmt: skip
+    ax.plot([r["visit"] for r in rows], [r["p99_s"] for r in rows], lw=1, color="#332288",
+            label="p99")  # fmt: skip
+    tol = result.config.lag_tolerance
+    ax.axhline(tol.p99_s, color="#332288", ls=":", lw=1, label=f"p99 tolerance {tol.p99_s} s")
+    ax.axhline(tol.max_s, color="#cc6677", ls=":", lw=1, label=f"max tolerance {tol.max_s} s")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_ylim(bottom=0)
+    ax.set(xlabel="visit", ylabel="sent - planned (night s)",
+           title="Driver lag per visit (the harness keeping its schedule)")  # fmt: skip
+    ax.legend(fontsize=7)
+    out["driver_lag"] = _figure_png(fig)
+    plt.close(fig)
+
+    samples = result.samples
+    xs = [x.t / hours for x in samples]
+
+    def series(ax: Any, values: list[float | None], label: str) -> None:
+        pts = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, label=label)
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    series(ax, [x.lag.get("image-arrival") for x in samples], "image-arrival")
+    series(ax, [x.lag.get("control") for x in samples], "next-visit + canceled")
+    ax.set(xlabel="night hours since start", ylabel="messages",
+           title="Dispatcher consumer lag (scraped from /metrics)")  # fmt: skip
+    ax.legend(fontsize=7)
+    out["consumer_lag"] = _figure_png(fig)
+    plt.close(fig)
+
+    for name, attr, ylabel, title in (
+        ("memory_over_night", "rss_mib", "MiB (PSS)", "Memory by role (pilots: with workers)"),
+        ("cpu_over_night", "cpu_pct", "% of one core", "CPU by role"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for role in ROLES:
+            series(ax, [getattr(x, attr).get(role) for x in samples], role)
+        ax.set(xlabel="night hours since start", ylabel=ylabel, title=title)
+        ax.legend(fontsize=7)
+        out[name] = _figure_png(fig)
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    series(ax, [x.fetch_ms for x in samples], "broker: fetch newest image record")
+    pts = [(t / hours, ms) for t, ms in result.produce_ms]
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", ms=2,
+                label="broker: next-visit produce (acked)")  # fmt: skip
+    series(ax, [x.loop_lag_max_ms for x in samples], "dispatcher: event-loop stall (max 10 s)")
+    series(ax, [x.commit_ms_mean for x in samples], "dispatcher: state commit (mean)")
+    ax.set_yscale("log")
+    ax.set(xlabel="night hours since start", ylabel="wall ms",
+           title="Broker request cost, event-loop stalls, database commits")  # fmt: skip
+    ax.legend(fontsize=7)
+    out["broker_and_loop"] = _figure_png(fig)
+    plt.close(fig)
     return out
 
 
 def write_report(result: ReplayResult, summary: dict[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    doc = {**summary, "timeline": timeline(result)}
+    (out_dir / "report.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     plots = _plots(result)
     rows = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
@@ -145,6 +231,14 @@ def write_report(result: ReplayResult, summary: dict[str, Any], out_dir: Path) -
         for name in PLOTS
     )
     lines = "<br>".join(html.escape(line) for line in summary_lines(summary))
+    validity = (
+        '<p class="invalid" id="validity">INVALID RUN: the harness did not keep its schedule, '
+        "so these figures do not judge the service: "
+        + html.escape("; ".join(summary.get("invalid_reasons", []))) + "</p>"
+        if summary.get("valid") is False
+        else '<p class="valid" id="validity">valid: every event was sent within the driver-lag '
+        "tolerance</p>"
+    )  # fmt: skip
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>prompt replay report</title>
 <style>
@@ -153,8 +247,11 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; font-size: 0.9em; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: 0.2em 0.8em; text-align: left; }}
 figure {{ display: inline-block; margin: 0.5em; }}
+.invalid {{ background: #fdd; color: #800; padding: 0.6em; font-weight: bold; }}
+.valid {{ color: #264; }}
 </style></head><body>
 <h1>prompt replay report</h1>
+{validity}
 <p class="summary">{lines}</p>
 {figures}
 <h2>Summary</h2><table>{rows}</table>

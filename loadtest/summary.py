@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from loadtest.checks import TrendLimits, driver_lag_by_visit, tenths, trend, validity
 from loadtest.replay import ReplayResult
 from loadtest.science import evaluate
 from prompt.stats import percentile, summarize
@@ -92,9 +93,101 @@ def summarize_replay(result: ReplayResult) -> dict[str, Any]:
         "pilots": len(result.pilot_slots),
         "slots_per_pilot": result.config.slots,
         "wall_s": round(result.finished_wall - result.started_wall, 1),
-        "units": "latency_s: night seconds (wall x speed); overhead_ms, dispatch_ms, "
-        "stage_ms_mean: real wall milliseconds",
+        **_over_the_night(result),
+        "units": "latency_s, driver_lag_s: night seconds (wall x speed); overhead_ms, "
+        "dispatch_ms, stage_ms_mean, produce_ms, broker_fetch_ms: real wall milliseconds",
         **(_science(result) if result.config.payload == "alert" else {}),
+    }
+
+
+SERVICE_ROLES = ("dispatcher", "pilots")
+
+
+def _over_the_night(result: ReplayResult) -> dict[str, Any]:
+    """Whether the harness kept its schedule, and first tenth against last tenth of the night:
+    latency, overhead, lag, memory, broker fetch cost; the sizes the broker ended with."""
+    speed = result.config.timing.speed
+    by_visit = driver_lag_by_visit(result.driver_lags, speed)
+    check = validity(by_visit, result.config.lag_tolerance)
+    all_lags = sorted(max(0.0, lag) * speed for _, lag in result.driver_lags)
+    visit_start = {v.index: v.start for v in result.night.visits}
+    starts = list(visit_start.values()) or [0.0]
+    index_of = {g: i for i, g in result.group_of.items()}
+    when_latency, when_overhead = [], []
+    for r in result.records:
+        vi = index_of.get(r["groupId"])
+        if vi is None or r["latencySeconds"] is None:
+            continue
+        when_latency.append((visit_start[vi], r["latencySeconds"] * speed))
+        if r["started"] and r["imageArrived"]:
+            when_overhead.append((visit_start[vi], (r["started"] - r["imageArrived"]) * 1e3))
+    lat = tenths(when_latency, min(starts), max(starts))
+    ovh = tenths(when_overhead, min(starts), max(starts))
+    samples = result.samples
+    end = result.plan.end_wall
+
+    def sampled(get: Any) -> tuple[list[float], list[float]]:
+        pairs = [(x.t, v) for x in samples if (v := get(x)) is not None]
+        return tenths(pairs, 0.0, end)
+
+    def service_rss(x: Any) -> float | None:
+        got = [x.rss_mib[r] for r in SERVICE_ROLES if r in x.rss_mib]
+        return sum(got) if len(got) == len(SERVICE_ROLES) else None
+
+    rss = {"service": sampled(service_rss)}
+    for role in ("dispatcher", "pilots", "broker", "postgres"):
+        rss[role] = sampled(lambda x, role=role: x.rss_mib.get(role))
+    image_lag = sampled(lambda x: x.lag.get("image-arrival"))
+    fetch = sampled(lambda x: x.fetch_ms)
+    produce = tenths(result.produce_ms, 0.0, end)
+    trend_check = trend(
+        latency=lat, image_lag=image_lag, service_rss=rss["service"], limits=TrendLimits()
+    )
+
+    def firstlast(pair: tuple[list[float], list[float]], how: str) -> dict[str, float | None]:
+        def one(v: list[float]) -> float | None:
+            if not v:
+                return None
+            return round(percentile(sorted(v), 99) if how == "p99" else sum(v) / len(v), 2)
+
+        return {"first": one(pair[0]), "last": one(pair[1])}
+
+    return {
+        "valid": check["valid"],
+        "invalid_reasons": check["reasons"],
+        "driver_lag_s": {
+            **summarize(all_lags, 3),
+            "tolerance_p99": check["tolerance_s"]["p99"],
+            "tolerance_max": check["tolerance_s"]["max"],
+            "late_visits_allowed": check["late_visit_fraction_allowed"],
+            "late_visit_count": check["late_visit_count"],
+            "late_visits": check["late_visits"],
+        },
+        "first_last_tenth": {
+            "latency_p99_s": firstlast(lat, "p99"),
+            "overhead_p99_ms": firstlast(ovh, "p99"),
+            "image_lag_p99": firstlast(image_lag, "p99"),
+            "broker_fetch_ms_mean": firstlast(fetch, "mean"),
+            "produce_ms_p99": firstlast(produce, "p99"),
+            **{f"rss_mib_{role}": firstlast(v, "mean") for role, v in rss.items()},
+        },
+        "trend": trend_check,
+        "produce_ms": summarize([ms for _, ms in result.produce_ms], 2),
+        "broker_fetch_ms": summarize([x.fetch_ms for x in samples if x.fetch_ms is not None], 2),
+        "topic_batches": {
+            f"{size.topic}[{size.partition}]": {"records": size.records, "batches": size.batches}
+            for size in result.topic_sizes
+        },
+    }
+
+
+def timeline(result: ReplayResult) -> dict[str, Any]:
+    """The samples and the per-visit driver lag, for report.json (too long for the summary)."""
+    by_visit = driver_lag_by_visit(result.driver_lags, result.config.timing.speed)
+    return {
+        "sample_s": result.config.sample_s,
+        "samples": [x.as_dict() for x in result.samples],
+        "driver_lag_by_visit": [{"visit": v, **s} for v, s in by_visit.items()],
     }
 
 
@@ -152,8 +245,43 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"max {lat['max']}",
         f"service overhead (wall ms)    p50 {ovh['p50']}  p95 {ovh['p95']}  p99 {ovh['p99']}  "
         f"max {ovh['max']}",
+        *_night_lines(summary),
         *_science_lines(summary),
     ]
+
+
+def _night_lines(summary: dict[str, Any]) -> list[str]:
+    if "valid" not in summary:
+        return []
+    lag, fl = summary["driver_lag_s"], summary["first_last_tenth"]
+
+    def pair(key: str) -> str:
+        return f"{fl[key]['first']} -> {fl[key]['last']}"
+
+    lines = [
+        f"valid {str(summary['valid']).lower()}  driver lag (night s) p50 {lag['p50']}  "
+        f"p99 {lag['p99']}  max {lag['max']}  (tolerance p99 {lag['tolerance_p99']} per visit "
+        f"for all but {lag['late_visits_allowed']:.0%} of visits, max {lag['tolerance_max']}; "
+        f"late visits {lag['late_visit_count']})",
+        *(f"INVALID: {reason}" for reason in summary["invalid_reasons"]),
+        f"first -> last tenth: latency p99 {pair('latency_p99_s')} s  overhead p99 "
+        f"{pair('overhead_p99_ms')} ms  image lag p99 {pair('image_lag_p99')}  broker fetch "
+        f"{pair('broker_fetch_ms_mean')} ms",
+        f"memory MiB first -> last tenth: service {pair('rss_mib_service')}  dispatcher "
+        f"{pair('rss_mib_dispatcher')}  pilots {pair('rss_mib_pilots')}  broker "
+        f"{pair('rss_mib_broker')}  postgres {pair('rss_mib_postgres')}",
+    ]
+    t = summary["trend"]
+    failed = [c for c in t["checks"] if not c["ok"]]
+    if not t["judged"]:
+        lines.append("trend not judged: a tenth of this run holds no sample (too short)")
+        return lines
+    lines.append(
+        "trend " + ("ok" if t["ok"] else "FAILED")
+        + "".join(f"  {c['name']} {c['first']} -> {c['last']} (limit {c['limit']} {c['unit']})"
+                  for c in failed)
+    )  # fmt: skip
+    return lines
 
 
 def _science_lines(summary: dict[str, Any]) -> list[str]:

@@ -378,29 +378,40 @@ class EventSender:
 
     async def next_visit(self, nv: NextVisit) -> None:
         await self.producer.send_and_wait(
-            self.settings.topics.next_visit, self.nv_codec.encode(nv.to_record())
+            self.settings.topics.next_visit,
+            self.nv_codec.encode(nv.to_record()),
+            key=nv.group_id.encode(),
         )
 
     async def cancel(self, group_id: str, script_sal_index: int = 1) -> None:
         record = {"groupId": group_id, "scriptSalIndex": script_sal_index}
         await self.producer.send_and_wait(
-            self.settings.topics.next_visit_canceled, self.cancel_codec.encode(record)
+            self.settings.topics.next_visit_canceled,
+            self.cancel_codec.encode(record),
+            key=group_id.encode(),
         )
 
     async def raw(self, topic: str, value: bytes) -> None:
         await self.producer.send_and_wait(topic, value)
 
     async def image(self, arrival: ImageArrival) -> None:
-        """Enqueue one image-arrival (delivery is not awaited: a camera does not wait)."""
+        """Enqueue one image-arrival (delivery is not awaited: a camera does not wait).
+
+        Keyed by visit (group id): a visit's images stay in order on one partition, and a
+        burst leaves as one batch to one partition rather than a sliver to each."""
         await self.producer.send(
-            self.settings.topics.image_arrival, self.image_codec.encode(arrival.to_record())
+            self.settings.topics.image_arrival,
+            self.image_codec.encode(arrival.to_record()),
+            key=arrival.group_id.encode(),
         )
 
     async def images(self, arrivals: list[ImageArrival]) -> None:
         """One burst: all enqueued at once, then flushed."""
         topic = self.settings.topics.image_arrival
         futures = [
-            await self.producer.send(topic, self.image_codec.encode(a.to_record()))
+            await self.producer.send(
+                topic, self.image_codec.encode(a.to_record()), key=a.group_id.encode()
+            )
             for a in arrivals
         ]
         await asyncio.gather(*futures)
@@ -437,6 +448,9 @@ class CompletionCollector:
     """Reads the completion topic from the beginning; counts every record per job id."""
 
     settings: Settings
+    poll_interval_s: float = 0.0
+    """Pause between reads: fewer, larger fetches (on the embedded broker each fetch that
+    returns data costs time proportional to the partition's size)."""
     records: list[dict[str, Any]] = field(default_factory=list)
     by_job: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     _consumer: AIOKafkaConsumer | None = None
@@ -475,6 +489,8 @@ class CompletionCollector:
                         self.by_job.setdefault(record["jobId"], []).append(record)
                 if batch:
                     self._changed.set()
+                if self.poll_interval_s:
+                    await asyncio.sleep(self.poll_interval_s)
         finally:
             await registry.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -78,8 +79,11 @@ def confluent_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
     return conf
 
 
-async def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
-    """Create the service's topics if missing. Returns those created."""
+async def ensure_topics(
+    settings: Settings, bootstrap: str, partitions: Mapping[str, int] | None = None
+) -> list[str]:
+    """Create the service's topics if missing (``partitions``: per-topic counts instead of
+    ``topic_partitions``). Returns those created."""
     admin = AIOKafkaAdminClient(**aiokafka_options(settings, bootstrap))
     await admin.start()
     try:
@@ -88,7 +92,7 @@ async def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
         if not wanted:
             return []
         resp = await admin.create_topics(
-            [NewTopic(t, settings.topic_partitions, 1) for t in wanted]
+            [NewTopic(t, (partitions or {}).get(t, settings.topic_partitions), 1) for t in wanted]
         )
         for topic, code, *_ in getattr(resp, "topic_errors", getattr(resp, "topics", [])):
             if code not in (0, TOPIC_ALREADY_EXISTS):

@@ -8,12 +8,13 @@ import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from loadtest.plan import Faults, Timing
-from loadtest.replay import ReplayConfig, run_replay
+from loadtest.plan import IMAGE, Faults, Timing
+from loadtest.replay import ReplayConfig, ReplayResult, run_replay
 from loadtest.report import PLOTS, write_report
 from loadtest.schedule import synthetic_night
 from loadtest.science import read_length_prefixed
@@ -50,7 +51,7 @@ async def test_replay_with_faults_accounts_for_every_job(
         timing=Timing(speed=20),
         faults=Faults(missing_images=0.1, duplicate_events=0.1, late_images=0.05,
                       canceled_visits=0.2, kill_pilots=1),
-        detectors=tuple(range(24)), pilots=2, slots=16, run_mean_s=6.0, seed=11,
+        detectors=tuple(range(24)), pilots=2, slots=16, run_mean_s=6.0, seed=11, sample_s=0.5,
         log_dir=tmp_path / "logs", quiet=True,
     )  # fmt: skip
     result = await run_replay(settings, night, config)
@@ -66,10 +67,41 @@ async def test_replay_with_faults_accounts_for_every_job(
         plan.missing
     )
     assert summary["budget_met"] is not None and summary["budget_met"] > 0.9
+    check_night_fields(result, summary)
 
     report = write_report(result, summary, tmp_path / "report")
-    assert (tmp_path / "report" / "report.json").is_file()
+    doc = orjson.loads((tmp_path / "report" / "report.json").read_bytes())
+    assert len(doc["timeline"]["samples"]) == len(result.samples)
+    assert [r["visit"] for r in doc["timeline"]["driver_lag_by_visit"]] == list(range(6))
     await asyncio.to_thread(check_in_chromium, report, tmp_path)
+
+
+def check_night_fields(result: ReplayResult, summary: dict[str, Any]) -> None:
+    """Driver lag and validity, samples of every role, lag scraped from /metrics, the
+    broker's partition sizes: all there and consistent with what was sent."""
+    assert isinstance(summary["valid"], bool)
+    assert summary["valid"] or summary["invalid_reasons"]
+    assert len(result.driver_lags) == len(result.plan.events)
+    assert summary["driver_lag_s"]["max"] >= summary["driver_lag_s"]["p50"] >= 0
+    assert result.samples, "sampled during the run"
+    # The session's stack is external to the replay: its broker and PostgreSQL are not sampled
+    # here (a replay that starts its own stack samples them too).
+    with_memory = [x for x in result.samples if x.rss_mib]
+    assert with_memory and all({"dispatcher", "pilots"} <= set(x.rss_mib) for x in with_memory)
+    assert all(x.cpu_pct["pilots"] >= 0 for x in result.samples)
+    assert any(x.lag for x in result.samples) and any(
+        x.loop_lag_max_ms is not None for x in result.samples
+    ), "the dispatcher's /metrics was scraped"
+    assert any(x.fetch_ms is not None for x in result.samples), "the broker was probed"
+    fl = summary["first_last_tenth"]
+    assert fl["latency_p99_s"]["first"] is not None and fl["latency_p99_s"]["last"] is not None
+    assert {"checks", "ok", "judged"} <= set(summary["trend"])
+    images = sum(1 for e in result.plan.events if e.kind == IMAGE)
+    image_parts = {k: v for k, v in summary["topic_batches"].items() if "image-arrival" in k}
+    assert len(image_parts) == result.config.image_partitions
+    assert sum(v["records"] for v in image_parts.values()) == images
+    completions = [v for k, v in summary["topic_batches"].items() if "completion" in k]
+    assert sum(v["records"] for v in completions) == len(result.records)
 
 
 def check_in_chromium(report: Path, tmp_path: Path) -> None:
@@ -79,6 +111,7 @@ def check_in_chromium(report: Path, tmp_path: Path) -> None:
         capture_output=True, timeout=60, check=True,
     ).stdout.decode()  # fmt: skip
     assert f'data-plots-rendered="{len(PLOTS)}"' in dom, "every plot decoded in Chromium"
+    assert 'id="validity"' in dom
     for name in PLOTS:
         assert f'id="{name}"' in dom
     shot = tmp_path / "report.png"

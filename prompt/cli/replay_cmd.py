@@ -23,7 +23,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src.add_argument("--visits", type=int, help="replay this many visits")
     src.add_argument("--start", help="first visit: index, or ISO UTC time")
     run = p.add_argument_group("run")
-    run.add_argument("--speed", type=float, default=10.0, help="1 (real time) ... 50")
+    run.add_argument(
+        "--speed", type=float, help="1 (real time) ... 50 (default 10; 20 with --soak)"
+    )
+    run.add_argument(
+        "--soak", action="store_true",
+        help="a long run for a nightly job: the trend check (latency p99, image lag, service "
+        "memory: first tenth of the night vs last) must pass, else exit 4",
+    )  # fmt: skip
+    run.add_argument(
+        "--image-partitions", type=int, default=16,
+        help="partitions of the run's image-arrival topic (images keyed by visit)",
+    )  # fmt: skip
+    run.add_argument(
+        "--max-driver-lag-s", type=float, default=1.0,
+        help="validity: a visit whose events go out later than planned by more than this at "
+        "p99 (night s) was sent late; more than 1%% of visits sent late, or any event over "
+        "30 night s late, and the run is invalid (exit 3)",
+    )  # fmt: skip
+    run.add_argument(
+        "--sample-s", type=float, default=2.0,
+        help="wall seconds between samples of memory, CPU, lag and broker cost",
+    )  # fmt: skip
     run.add_argument(
         "--payload", default="sleep", choices=["sleep", "alert"],
         help="sleep: a stand-in of --run-s; alert: the reference alert pipeline on generated data",
@@ -62,6 +83,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from loadtest.checks import LagTolerance
     from loadtest.plan import Faults, Timing
     from loadtest.replay import ReplayConfig, run_replay
     from loadtest.report import write_report
@@ -69,8 +91,11 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
     from loadtest.summary import summarize_replay, summary_lines
     from prompt.tasks.spec import Detectors
 
-    if not 1 <= args.speed <= 50:
+    speed = args.speed if args.speed is not None else (20.0 if args.soak else 10.0)
+    if not 1 <= speed <= 50:
         return fail("--speed must be between 1 and 50")
+    if args.image_partitions < 1 or args.max_driver_lag_s <= 0 or args.sample_s <= 0:
+        return fail("--image-partitions, --max-driver-lag-s and --sample-s must be positive")
     if args.alerts_out and args.payload != "alert":
         return fail("--alerts-out needs --payload alert")
     slots = args.slots or (4 if args.payload == "alert" else 96)
@@ -88,7 +113,7 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
     summaries: dict[str, dict[str, Any]] = {}
     for mode in modes:
         config = ReplayConfig(
-            timing=Timing(speed=args.speed),
+            timing=Timing(speed=speed),
             faults=Faults(
                 missing_images=args.missing_images, duplicate_events=args.duplicate_events,
                 late_images=args.late_images, canceled_visits=args.canceled_visits,
@@ -97,9 +122,11 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
             detectors=detectors, mode=mode, pilots=args.pilots, slots=slots,
             payload=args.payload, run_mean_s=args.run_s, poll_s=args.poll_s, seed=args.seed,
             log_dir=out_dir / "logs", data_root=args.data_root, quiet=args.quiet,
+            image_partitions=args.image_partitions, sample_s=args.sample_s,
+            lag_tolerance=LagTolerance(p99_s=args.max_driver_lag_s),
         )  # fmt: skip
         print(f"replaying {len(night.visits)} visits x {len(detectors)} detectors "
-              f"({mode}, {args.speed}x) ...", flush=True)  # fmt: skip
+              f"({mode}, {speed}x) ...", flush=True)  # fmt: skip
         result = asyncio.run(run_replay(settings, night, config))
         summary = summarize_replay(result)
         report = write_report(result, summary, out_dir / mode if len(modes) > 1 else out_dir)
@@ -117,8 +144,19 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         doc = summaries[modes[0]] if len(modes) == 1 else summaries
         args.json.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    bad = any(s["lost"] or s["duplicates"] or s["wrong_status"] for s in summaries.values())
-    return 1 if bad else 0
+    return exit_code(list(summaries.values()), soak=args.soak)
+
+
+def exit_code(summaries: list[dict[str, Any]], *, soak: bool) -> int:
+    """3: a run is invalid (the harness fell behind its schedule: nothing else is judged);
+    1: jobs lost, duplicated or with a wrong status; 4: soak and the trend check failed."""
+    if any(s.get("valid") is False for s in summaries):
+        return 3
+    if any(s["lost"] or s["duplicates"] or s["wrong_status"] for s in summaries):
+        return 1
+    if soak and any(not s["trend"]["ok"] for s in summaries):
+        return 4
+    return 0
 
 
 def _side_by_side(summaries: dict[str, dict[str, Any]]) -> None:

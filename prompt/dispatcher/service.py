@@ -34,6 +34,7 @@ from prompt.dispatcher.term import LeadershipLostError, Running, TermContext, ru
 from prompt.dispatcher.writer import WriterGaveUpError
 from prompt.events import make_registry
 from prompt.metrics import DispatcherMetrics
+from prompt.metrics.loop import LoopLagMonitor
 from prompt.metrics.state import DispatcherStateCollector
 from prompt.stack import resolve_endpoints
 from prompt.store.errors import FencedError, is_transient
@@ -87,6 +88,9 @@ async def serve(
     metrics.registry.register(DispatcherStateCollector(view, health))
     runner = web.AppRunner(make_app(view, metrics, health, config.operator_token))
     await runner.setup()
+    loop_lag = asyncio.get_running_loop().create_task(
+        LoopLagMonitor(metrics.registry).run(), name="loop-lag"
+    )
     try:
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()
@@ -130,6 +134,9 @@ async def serve(
                     await asyncio.wait_for(stop.wait(), 0.5)
         health.end_term("stopped")
     finally:
+        loop_lag.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_lag
         await runner.cleanup()
         await registry.close()
 
