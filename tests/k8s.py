@@ -3,6 +3,7 @@ by ``kubectl kustomize``, the Dockerfile's instructions, and the secrets the ope
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import re
@@ -217,3 +218,83 @@ def image_env(stage: Stage) -> dict[str, str]:
             key, _, value = word.partition("=")
             env[key] = value
     return env
+
+
+# ---- running a container's command outside Docker --------------------------------------------
+
+
+@dataclass
+class ContainerRun:
+    """A container's argv and environment as the image and the manifests give them, with the
+    pod's mounted files written under ``root`` (their paths in the environment rewritten)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+
+
+def container_run(
+    m: Manifests,
+    workload: dict[str, Any],
+    container: dict[str, Any],
+    *,
+    root: Path,
+    secrets: dict[str, dict[str, bytes]],
+    program: str,
+    tini: str,
+) -> ContainerRun:
+    """``secrets``: content of the Secrets the operators (or the operator of the service) make,
+    by name and key. ``program`` replaces the image's ``prompt``, ``tini`` its ``/usr/bin/tini``."""
+    [runtime] = [s for s in dockerfile_stages() if s.name == "runtime"]
+    entrypoint = exec_form(runtime.all("ENTRYPOINT")[0])
+    assert entrypoint[0] == "/usr/bin/tini" and entrypoint[-1] == "prompt"
+    argv = [tini, *entrypoint[1:-1], program, *container.get("args", [])]
+    volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+    mounts: list[str] = []
+    for mount in container.get("volumeMounts", []):
+        volume, target = volumes[mount["name"]], root / mount["mountPath"].lstrip("/")
+        if "emptyDir" in volume:
+            continue  # /tmp and /dev/shm: the host's own
+        mounts.append(mount["mountPath"])
+        target.mkdir(parents=True, exist_ok=True)
+        for secret, items in _secret_sources(volume):
+            for key, path in items:
+                (target / path).write_bytes(_secret_value(m, secrets, secret, key))
+        if "configMap" in volume:
+            for key, text in m.get("ConfigMap", volume["configMap"]["name"])["data"].items():
+                (target / key).write_text(text)
+    env = {k: v for k, v in image_env(runtime).items() if not v.startswith("$") and ":" not in v}
+    env["PATH"] = f"{Path(program).parent}:/usr/local/bin:/usr/bin:/bin"
+
+    def outside(value: str) -> str:
+        """A file (or file:// URL) inside a mount: its copy under ``root``."""
+        for path in mounts:
+            for prefix in (path + "/", "file://" + path + "/"):
+                if value.startswith(prefix):
+                    return value.replace(path, str(root / path.lstrip("/")), 1)
+        return value
+
+    argv = [outside(arg) for arg in argv]
+    for name, value in container_env(m, container).items():
+        if isinstance(value, dict):
+            ref = value["secretKeyRef"]
+            value = _secret_value(m, secrets, ref["name"], ref["key"]).decode()
+        env[name] = outside(value)
+    cwd = root / runtime.all("WORKDIR")[-1].lstrip("/")
+    cwd.mkdir(parents=True, exist_ok=True)
+    return ContainerRun(argv, env, cwd)
+
+
+def _secret_sources(volume: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
+    sources = [s["secret"] for s in volume.get("projected", {}).get("sources", [])]
+    if "secret" in volume:
+        sources.append({"name": volume["secret"]["secretName"], **volume["secret"]})
+    return [(s["name"], [(i["key"], i["path"]) for i in s.get("items", [])]) for s in sources]
+
+
+def _secret_value(m: Manifests, given: dict[str, dict[str, bytes]], name: str, key: str) -> bytes:
+    rendered = [s for s in m.of_kind("Secret") if s["metadata"]["name"] == name]
+    if rendered:
+        return base64.b64decode(rendered[0]["data"][key])
+    assert name in given and key in given[name], f"the test provides no Secret {name}/{key}"
+    return given[name][key]
