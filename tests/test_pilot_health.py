@@ -160,10 +160,11 @@ async def test_a_real_pilot_reports_health_readiness_and_drain(
             # A worker killed: replaced, and counted.
             workers_of(pilot.proc.pid)[0].kill()
 
-            async def replaced() -> bool:
+            async def replaced() -> bool:  # and the replacement warm: both slots free
                 _, m = await get(port, "/metrics")
                 alive = (await get(port, "/healthz"))[1]["workers_alive"]
-                return m["prompt_pilot_worker_respawns_total"] == 1 and alive == 2
+                warm = m["prompt_pilot_workers_busy"] == 0
+                return m["prompt_pilot_worker_respawns_total"] == 1 and alive == 2 and warm
 
             await until(replaced)
             # Two jobs running, then SIGTERM: it drains (not ready, still alive), finishes both,
