@@ -48,7 +48,7 @@ from tests.k8s import (
     rendered_text,
     selects,
 )
-from tests.k8s_schemas import CUSTOM
+from tests.k8s_schemas import CUSTOM, CUSTOM_KINDS
 from tests.test_packaging import closure
 
 # Oldest Kubernetes the manifests are written for (PodDisruptionBudget's
@@ -97,19 +97,8 @@ def test_overlays_render_with_their_namespace(m: Manifests) -> None:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == m.namespace, doc["metadata"]["name"]
     kinds = {d["kind"] for d in m.docs}
-    assert {
-        "Deployment",
-        "Service",
-        "PodDisruptionBudget",
-        "Job",
-        "ConfigMap",
-        "ScaledObject",
-        "ServiceMonitor",
-        "PrometheusRule",
-        "KafkaTopic",
-        "KafkaUser",
-        "Cluster",
-    } <= kinds
+    assert {"Deployment", "Service", "PodDisruptionBudget", "Job", "ConfigMap"} <= kinds
+    assert CUSTOM_KINDS - {"Certificate", "Issuer"} <= kinds  # prod alone has TLS
 
 
 def test_core_kinds_validate_strictly(m: Manifests) -> None:
@@ -143,14 +132,8 @@ def test_custom_resources_have_the_fields_their_operators_document(m: Manifests)
             continue
         jsonschema.validate(doc, schema)
         seen.add(doc["kind"])
-    assert {
-        "ScaledObject",
-        "ServiceMonitor",
-        "PrometheusRule",
-        "KafkaTopic",
-        "KafkaUser",
-        "Cluster",
-    } <= seen
+    assert seen == {d["kind"] for d in m.docs} & CUSTOM_KINDS
+    assert CUSTOM_KINDS - {"Certificate", "Issuer"} <= seen
     # The schemas reject what the operators would.
     scaled = copy.deepcopy(m.get("ScaledObject", "prompt-pilot"))
     scaled["spec"]["triggers"][1]["metadata"]["threshold"] = 4  # KEDA wants strings
