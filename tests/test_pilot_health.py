@@ -164,7 +164,7 @@ async def test_a_real_pilot_reports_health_readiness_and_drain(
                 _, m = await get(port, "/metrics")
                 alive = (await get(port, "/healthz"))[1]["workers_alive"]
                 warm = m["prompt_pilot_workers_busy"] == 0
-                return m["prompt_pilot_worker_respawns_total"] == 1 and alive == 2 and warm
+                return bool(m["prompt_pilot_worker_respawns_total"] == 1 and alive == 2 and warm)
 
             await until(replaced)
             # Two jobs running, then SIGTERM: it drains (not ready, still alive), finishes both,
@@ -174,7 +174,7 @@ async def test_a_real_pilot_reports_health_readiness_and_drain(
             await env.sender.images(image_arrivals(nv, range(2)))
 
             async def busy() -> bool:
-                return (await get(port, "/metrics"))[1]["prompt_pilot_workers_busy"] == 2
+                return bool((await get(port, "/metrics"))[1]["prompt_pilot_workers_busy"] == 2)
 
             await until(busy)
             pilot.proc.send_signal(signal.SIGTERM)
