@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/prompt --state-dir .prompt/demo replay --visits 20 --speed 10
 
 lint: $(STAMP)
-	$(BIN)/ruff check prompt loadtest tests
-	$(BIN)/ruff format --check prompt loadtest tests
+	$(BIN)/ruff check prompt loadtest tests deploy
+	$(BIN)/ruff format --check prompt loadtest tests deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -28,13 +28,18 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-# Debian packages the tests use: chromium (the replay report is checked in it) and prometheus
+# Debian packages the tests use: chromium (the replay report is checked in it), prometheus
 # (promtool unit-tests the alert rules; the server scrapes a dispatcher and answers the
-# dashboard's queries).
+# dashboard's queries), kubernetes-client (`kubectl kustomize` renders deploy/k8s; the tests
+# need its kustomize v5+, i.e. kubectl 1.27+: Debian 12's is older, so an installed kubectl,
+# e.g. Google Cloud CLI's, is used first) and tini (the image's PID 1, run by the entrypoint
+# test).
 system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
+	command -v tini >/dev/null 2>&1 || missing="$$missing tini"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing$$missing (apt-get) for the tests"; \

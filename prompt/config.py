@@ -130,6 +130,10 @@ class Settings(SecretFileSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     """/metrics, /healthz, /status, /ui; 0 picks a free port."""
+    pilot_http_host: str = "127.0.0.1"
+    pilot_http_port: int | None = Field(default=None, ge=0, le=65535)
+    """Pilots: /healthz, /readyz, /metrics on this port; unset: none (several pilots share a
+    host in ``prompt dev``, replays and tests, so no fixed default); 0 picks a free port."""
     operator_token: SecretStr | None = None
     """Bearer token for the HTTP endpoints that show job output and errors (/jobs/{id}/log,
     /ui/stream, /ui/snapshot); unset: they answer 403."""

@@ -94,7 +94,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )  # fmt: skip
 
     async def main(stop: asyncio.Event) -> None:
-        await Pilot(config, source, alerts).run(stop)
+        from prompt.pilot.health import pilot_http
+
+        pilot = Pilot(config, source, alerts)
+        async with pilot_http(pilot, stop, settings.pilot_http_host, settings.pilot_http_port):
+            await pilot.run(stop)
 
     try:
         return run_service(main)

@@ -185,6 +185,12 @@ class WorkerPool:
     def idle(self) -> int:
         return len(self._idle)
 
+    def alive(self) -> int:
+        """Workers whose process is running (a poll, no blocking wait). One that died is
+        replaced as soon as its pipe closes, so fewer than ``size`` for long means the pool
+        cannot start workers."""
+        return sum(1 for w in self._workers if w.process.is_alive())
+
     def submit(self, job_id: int, job: dict[str, Any], timeout_s: float) -> None:
         worker = self._idle.pop()
         worker.job = job_id
