@@ -16,8 +16,8 @@ import pytest
 
 from prompt.cluster import start_dispatcher
 from prompt.config import Settings
-from prompt.stack import Endpoints
-from prompt.stack.processes import free_port
+from prompt.kafka import ensure_topics
+from prompt.stack import Endpoints, Stack
 from tests.env import service_settings
 
 LINE_KEYS = {"event", "level", "timestamp"}
@@ -44,16 +44,20 @@ async def wait_for_logger(log: Path, name: str, timeout: float = 20) -> None:
 
 @pytest.mark.stack
 async def test_dispatcher_process_writes_only_json_lines(
-    isolated_settings: Settings, prompt_stack: Endpoints, tmp_path: Path
+    isolated_settings: Settings,
+    prompt_stack: Endpoints,
+    prompt_stack_control: Stack,
+    tmp_path: Path,
 ) -> None:
-    # A dead first bootstrap server: aiokafka logs that it cannot connect, then uses the next.
-    bootstrap = f"127.0.0.1:{free_port()},{prompt_stack.kafka_bootstrap}"
-    settings = service_settings(isolated_settings, kafka_bootstrap=bootstrap)
+    settings = service_settings(isolated_settings)
     service = start_dispatcher(settings, log_dir=tmp_path)
     database = (settings.database_url or "").rsplit("/", 1)[1]
     admin = await asyncpg.connect(prompt_stack.database_url)
     try:
-        await service.wait_ready()  # GET /healthz: aiohttp's access log
+        await service.wait_ready()  # GET /readyz: aiohttp's access log
+        # The broker goes away for a moment: aiokafka logs that it cannot connect.
+        await prompt_stack_control.restart("broker")
+        await ensure_topics(settings, settings.kafka_bootstrap or "")
         await wait_for_logger(service.log, "aiokafka")
         with socket.create_connection(("127.0.0.1", service.http_port), timeout=5) as sock:
             sock.sendall(b"NOT HTTP \x00\r\n\r\n")  # a 400 from aiohttp's parser
