@@ -39,7 +39,7 @@ async def partition_sizes(
     out: list[PartitionSize] = []
     try:
         for topic in topics:
-            await client._wait_on_metadata(topic)
+            await client.add_topic(topic)  # resolves once metadata with the topic is in
             for partition in sorted(client.cluster.partitions_for_topic(topic) or ()):
                 out.append(await _walk(client, topic, partition))
     finally:
