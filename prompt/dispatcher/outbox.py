@@ -26,8 +26,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from prompt.aio import reraise_if_cancelled
+from prompt.dispatcher.batch import OFFSET_UPSERT
 from prompt.dispatcher.leadership import Fence
-from prompt.dispatcher.writer import OFFSET_UPSERT
 from prompt.kafka import broker_retriable
 from prompt.store.errors import DB_ERRORS, is_transient
 

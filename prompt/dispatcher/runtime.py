@@ -16,6 +16,7 @@ import asyncpg
 import structlog
 
 from prompt.channel.protocol import Channel
+from prompt.dispatcher.batch import OFFSET_UPSERT
 from prompt.dispatcher.engine import (
     AfterCommit,
     BuildFirst,
@@ -34,7 +35,7 @@ from prompt.dispatcher.engine import (
     Send,
 )
 from prompt.dispatcher.leadership import Fence
-from prompt.dispatcher.writer import OFFSET_UPSERT, StateWriter
+from prompt.dispatcher.writer import StateWriter
 from prompt.events import ImageArrival, NextVisit
 from prompt.metrics import DispatcherMetrics
 from prompt.tasks import load_active_tasks

@@ -25,10 +25,10 @@ from aiokafka.errors import KafkaError
 from prompt.channel.tls import dispatcher_context
 from prompt.config import Settings
 from prompt.dispatcher.config import DispatcherConfig
+from prompt.dispatcher.consumers import DependencyError
 from prompt.dispatcher.engine import EngineConfig
 from prompt.dispatcher.health import Health
 from prompt.dispatcher.http import TermView, make_app
-from prompt.dispatcher.intake import DependencyError
 from prompt.dispatcher.leadership import Leadership
 from prompt.dispatcher.term import LeadershipLostError, Running, TermContext, run_term
 from prompt.dispatcher.writer import WriterGaveUpError

@@ -20,7 +20,6 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -28,102 +27,29 @@ import structlog
 
 from prompt.aio import reraise_if_cancelled
 from prompt.bounds import bound_error
+from prompt.dispatcher.batch import (
+    HELD_DELETE,
+    HELD_INSERT,
+    JOB_UPDATE,
+    OFFSET_RESET,
+    OFFSET_UPSERT,
+    OUTBOX_INSERT,
+    PILOT_UPSERT,
+    VISIT_RESURRECTED,
+    VISIT_STATUS,
+    Batch,
+    job_row,
+    storable_job_row,
+)
 from prompt.dispatcher.engine.model import Job, VisitKey
 from prompt.dispatcher.leadership import Fence
 from prompt.store.errors import DB_ERRORS, is_transient
 
 log = structlog.get_logger(__name__)
 
-_JOB_UPDATE = """
-UPDATE jobs SET state = $2, attempt = $3, pilot_id = $4, image_uri = $5, snaps_mask = $6,
-    cache_hit = $7, error = $8, deadline = $9, image_arrived_at = $10, image_consumed_at = $11,
-    dispatched_at = $12, started_at = $13, finished_at = $14, completed_at = $15, result = $16,
-    snap_uris = $17, snap_obs_ids = $18, failure = $19
-WHERE id = $1"""
-_OUTBOX = """INSERT INTO completion_outbox (job_id, value, created_at) VALUES ($1, $2, $3)
-ON CONFLICT (job_id) DO NOTHING"""
-_HELD = """INSERT INTO held_images (instrument, group_id, detector, snap, uri, event_time,
-    consumed_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"""
-_HELD_DONE = "DELETE FROM held_images WHERE instrument = $1 AND group_id = $2"
-_VISIT = "UPDATE visits SET status = $2 WHERE id = $1 AND status = 'active'"
-_RESURRECTED = "UPDATE visits SET resurrected_at = $2 WHERE id = $1"
-_PILOT = """INSERT INTO pilots (id, host, slots, state, cache_summary, registered_at, last_seen)
-VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host,
-    slots = EXCLUDED.slots, state = EXCLUDED.state, cache_summary = EXCLUDED.cache_summary,
-    last_seen = EXCLUDED.last_seen"""
-_OFFSET_RESET = """INSERT INTO consumer_offsets (consumer, topic, partition, next_offset)
-VALUES ($1, $2, $3, $4) ON CONFLICT (consumer, topic, partition) DO UPDATE
-SET next_offset = EXCLUDED.next_offset"""
-OFFSET_UPSERT = """INSERT INTO consumer_offsets (consumer, topic, partition, next_offset)
-VALUES ($1, $2, $3, $4) ON CONFLICT (consumer, topic, partition) DO UPDATE
-SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)"""
-
-
-def _by_snap(values: dict[int, str]) -> list[str | None]:
-    if not values:
-        return []
-    return [values.get(i) for i in range(max(values) + 1)]
-
-
-def job_row(job: Job) -> tuple[Any, ...]:
-    return (
-        job.id, job.state.value, job.attempt, job.pilot_id, job.image_uri, job.snaps_mask,
-        job.cache_hit, job.error, job.deadline, job.image_arrived, job.image_consumed,
-        job.dispatched, job.started, job.finished, job.completed, job.result,
-        _by_snap(job.snap_uris), _by_snap(job.snap_obs_ids),
-        job.failure.value if job.failure else None,
-    )  # fmt: skip
-
-
-def storable_job_row(job: Job, refusal: BaseException) -> tuple[Any, ...]:
-    """The row of a job whose full row the database refused: its state and times, without
-    the payload result, with the refusal as the error."""
-    row = list(job_row(job))
-    row[7] = bound_error(f"{job.error or ''} [state not storable as sent: {refusal}]".strip())
-    row[15] = None
-    return tuple(row)
-
 
 class WriterGaveUpError(RuntimeError):
     """The database stayed unreachable longer than the writer may hold changes in memory."""
-
-
-@dataclass
-class Batch:
-    jobs: dict[int, Job] = field(default_factory=dict)
-    outbox: dict[int, bytes] = field(default_factory=dict)
-    held: list[tuple[Any, ...]] = field(default_factory=list)
-    held_done: set[VisitKey] = field(default_factory=set)
-    visits: dict[int, str] = field(default_factory=dict)
-    resurrected: dict[int, float] = field(default_factory=dict)
-    pilots: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    offset_resets: dict[tuple[str, int], int] = field(default_factory=dict)
-    after: list[Callable[[], None]] = field(default_factory=list)
-
-    def empty(self) -> bool:
-        return not (
-            self.jobs or self.outbox or self.held or self.held_done or self.visits
-            or self.pilots or self.offsets or self.offset_resets or self.after
-            or self.resurrected
-        )  # fmt: skip
-
-    def merge_newer(self, newer: Batch) -> Batch:
-        """This (failed) batch with a newer one applied on top, for the retry."""
-        self.jobs.update(newer.jobs)
-        self.outbox.update(newer.outbox)
-        self.held.extend(newer.held)
-        self.held_done |= newer.held_done
-        self.visits.update(newer.visits)
-        self.resurrected.update(newer.resurrected)
-        self.pilots.update(newer.pilots)
-        for key, off in newer.offsets.items():
-            self.offsets[key] = max(off, self.offsets.get(key, 0))
-        for key, off in newer.offset_resets.items():
-            self.offset_resets[key] = off
-            self.offsets[key] = newer.offsets.get(key, off)
-        self.after.extend(newer.after)
-        return self
 
 
 class StateWriter:
@@ -286,24 +212,26 @@ class StateWriter:
         async with self._fence.transaction(self._pool) as conn:
             if batch.jobs:
                 jobs = list(batch.jobs.values())
-                await run(conn, "jobs", _JOB_UPDATE, [job_row(j) for j in jobs],
+                await run(conn, "jobs", JOB_UPDATE, [job_row(j) for j in jobs],
                           [functools.partial(storable_job_row, j) for j in jobs])  # fmt: skip
             if batch.outbox:
-                await run(conn, "outbox", _OUTBOX, [(k, v, now) for k, v in batch.outbox.items()])
+                await run(
+                    conn, "outbox", OUTBOX_INSERT, [(k, v, now) for k, v in batch.outbox.items()]
+                )
             if batch.held:
-                await run(conn, "held_images", _HELD, batch.held)
+                await run(conn, "held_images", HELD_INSERT, batch.held)
             if batch.held_done:
-                await run(conn, "held_images", _HELD_DONE, sorted(batch.held_done))
+                await run(conn, "held_images", HELD_DELETE, sorted(batch.held_done))
             if batch.visits:
-                await run(conn, "visits", _VISIT, list(batch.visits.items()))
+                await run(conn, "visits", VISIT_STATUS, list(batch.visits.items()))
             if batch.resurrected:
-                await run(conn, "visits", _RESURRECTED, list(batch.resurrected.items()))
+                await run(conn, "visits", VISIT_RESURRECTED, list(batch.resurrected.items()))
             if batch.pilots:
-                await run(conn, "pilots", _PILOT, list(batch.pilots.values()))
+                await run(conn, "pilots", PILOT_UPSERT, list(batch.pilots.values()))
             name = self._consumer
             if batch.offset_resets:
                 resets = [(name, t, p, o) for (t, p), o in batch.offset_resets.items()]
-                await run(conn, "offsets", _OFFSET_RESET, resets)
+                await run(conn, "offsets", OFFSET_RESET, resets)
             if batch.offsets:
                 offsets = [(name, t, p, o) for (t, p), o in batch.offsets.items()]
                 await run(conn, "offsets", OFFSET_UPSERT, offsets)
