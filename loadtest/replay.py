@@ -26,28 +26,19 @@ from loadtest.sampler import Sample, Sampler
 from loadtest.schedule import Night, PlannedVisit
 from loadtest.science import read_all
 from prompt.calib.regions import region_of
-from prompt.cluster import (
-    TAI_MINUS_UTC,
-    CompletionCollector,
-    EventSender,
-    PilotProcess,
-    ServiceProcess,
-    alert_task_file,
-    apply_task_file,
-    sleep_task_file,
-    start_dispatcher,
-    start_pilot,
-)
 from prompt.config import Settings, Topics
 from prompt.events import ImageArrival, NextVisit
 from prompt.instruments import raw_key
 from prompt.kafka import ensure_topics
-from prompt.pipeline.alerts import MJD_UNIX_EPOCH
 from prompt.sim import SimConfig, SimVisit, generate, read_truth
 from prompt.stack import Stack, resolve_endpoints
 from prompt.stack.scratch import scratch_database
 from prompt.stats import percentile
 from prompt.tasks import TaskFile
+from prompt.testing.processes import PilotProcess, ServiceProcess, start_dispatcher, start_pilot
+from prompt.testing.tasks import alert_task_file, apply_task_file, sleep_task_file
+from prompt.testing.traffic import CompletionCollector, EventSender
+from prompt.timescale import MJD_UNIX_EPOCH, TAI_MINUS_UTC_S
 
 
 @dataclass(frozen=True)
@@ -157,7 +148,7 @@ def next_visit(
         coordinate_system=2,
         camera_angle=v.rotation,
         rotation_system=2,
-        start_time=start_wall + TAI_MINUS_UTC,
+        start_time=start_wall + TAI_MINUS_UTC_S,
         duration=v.visit_time / speed,
         nimages=v.n_snaps,
         dome=2,
@@ -255,7 +246,7 @@ def sim_visits(night: Night, run_id: str) -> list[SimVisit]:
             ra=v.ra,
             dec=v.dec,
             exp_time=v.exp_time,
-            mjd=(night.start_utc.timestamp() + v.start + TAI_MINUS_UTC) / 86400 + MJD_UNIX_EPOCH,
+            mjd=(night.start_utc.timestamp() + v.start + TAI_MINUS_UTC_S) / 86400 + MJD_UNIX_EPOCH,
         )
         for v in night.visits
     ]

@@ -8,7 +8,7 @@ from hypothesis import settings
 
 from prompt.events import NextVisit
 
-pytest_plugins = ["prompt.testing"]
+pytest_plugins = ["prompt.testing.fixtures"]
 
 # Property tests: a bounded run in `make test`; HYPOTHESIS_PROFILE=long for the long one.
 settings.register_profile("ci", max_examples=100, derandomize=False)

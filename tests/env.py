@@ -13,22 +13,21 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from prompt.cluster import (
-    CompletionCollector,
-    EventSender,
-    InProcessDispatcher,
-    PilotProcess,
-    ServiceProcess,
-    apply_task_file,
-    start_dispatcher,
-    start_pilot,
-    wait_for_pilots,
-)
 from prompt.config import Settings
 from prompt.pilot import CalibrationSource, Pilot, PilotConfig, SyntheticCalibrations
 from prompt.pilot.alerts import AlertPublisher
 from prompt.stack.processes import free_port
 from prompt.tasks import TaskFile
+from prompt.testing.processes import (
+    InProcessDispatcher,
+    PilotProcess,
+    ServiceProcess,
+    start_dispatcher,
+    start_pilot,
+    wait_for_pilots,
+)
+from prompt.testing.tasks import apply_task_file
+from prompt.testing.traffic import CompletionCollector, EventSender
 
 OPERATOR_TOKEN = "operator-test-token"
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}

@@ -13,9 +13,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from prompt.cluster import next_visit_for
 from prompt.events import EventKind, ImageArrival, bundled
 from prompt.events.wire import frame
+from prompt.testing.traffic import next_visit_for
 
 HOSTILE_STRINGS = st.one_of(
     st.text(max_size=40),

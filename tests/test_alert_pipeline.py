@@ -21,7 +21,6 @@ from prompt.calib.layout import calib_key, index_key, template_key
 from prompt.calib.objectstore import FileStore
 from prompt.calib.regions import region_of
 from prompt.calib.source import MissingCalibrationError, StoreCalibrations
-from prompt.cluster import alert_task_file, image_arrivals, next_visit_for
 from prompt.config import Settings
 from prompt.instruments import raw_key
 from prompt.pilot.alerts import alert_publisher
@@ -30,6 +29,8 @@ from prompt.pipeline.isr import isr
 from prompt.pipeline.process import Calibs, Result, process
 from prompt.sim import SimConfig, SimVisit, generate, read_truth
 from prompt.sim.scene import catalogue, detector_truth, flat_truth
+from prompt.testing.tasks import alert_task_file
+from prompt.testing.traffic import image_arrivals, next_visit_for
 from tests.env import dispatcher_env
 
 REGION = region_of(150.0, -30.0)

@@ -16,21 +16,13 @@ import aiohttp
 import pytest
 
 from loadtest.science import read_all
-from prompt.cluster import (
-    CompletionCollector,
-    EventSender,
-    ServiceProcess,
-    apply_task_file,
-    image_arrivals,
-    next_visit_for,
-    sleep_task_file,
-    start_dispatcher,
-    start_pilot,
-)
 from prompt.config import Settings, Topics
 from prompt.kafka import ensure_topics
 from prompt.stack import Stack
 from prompt.stack.scratch import scratch_database
+from prompt.testing.processes import ServiceProcess, start_dispatcher, start_pilot
+from prompt.testing.tasks import apply_task_file, sleep_task_file
+from prompt.testing.traffic import CompletionCollector, EventSender, image_arrivals, next_visit_for
 from tests.env import dispatcher_env, group_id, served, service_settings
 
 pytestmark = pytest.mark.stack

@@ -21,10 +21,11 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, Schema
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from prompt.cluster import image_arrivals, next_visit_for, sleep_task_file
 from prompt.config import Settings
 from prompt.events import AvroCodec, EventKind, make_registry
 from prompt.kafka import confluent_config
+from prompt.testing.tasks import sleep_task_file
+from prompt.testing.traffic import image_arrivals, next_visit_for
 from tests.env import dispatcher_env, group_id
 from tests.registry import Registry, serve_registry
 

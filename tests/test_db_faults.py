@@ -12,17 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from prompt.cluster import (
-    CompletionCollector,
-    EventSender,
-    apply_task_file,
-    image_arrivals,
-    next_visit_for,
-    sleep_task_file,
-)
 from prompt.config import Settings
 from prompt.stack import Stack
 from prompt.store import connect
+from prompt.testing.tasks import apply_task_file, sleep_task_file
+from prompt.testing.traffic import CompletionCollector, EventSender, image_arrivals, next_visit_for
 from tests.env import dispatcher_env, group_id, hot_standby, served, service_settings
 from tests.faults import fault_hits, install_fault, wait_db
 

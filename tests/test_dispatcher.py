@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from prompt.cluster import image_arrivals, next_visit_for, sleep_task_file
 from prompt.config import Settings
 from prompt.events import ImageArrival, make_notification
 from prompt.store import connect
 from prompt.tasks import load_task_file
+from prompt.testing.tasks import sleep_task_file
+from prompt.testing.traffic import image_arrivals, next_visit_for
 from tests.env import dispatcher_env, group_id
 from tests.helpers import read_topic
 

@@ -10,11 +10,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from prompt.cluster import image_arrivals, next_visit_for, sleep_task_file, start_pilot
 from prompt.config import Settings
 from prompt.dispatcher.engine import JobState
 from prompt.pilot import Pilot, PilotConfig, PilotRefusedError, SyntheticCalibrations
 from prompt.store import connect
+from prompt.testing.processes import start_pilot
+from prompt.testing.tasks import sleep_task_file
+from prompt.testing.traffic import image_arrivals, next_visit_for
 from tests.env import dispatcher_env, group_id
 from tests.helpers import run_prompt
 

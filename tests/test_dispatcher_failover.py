@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from prompt.cluster import ServiceProcess, start_dispatcher
 from prompt.config import Settings
+from prompt.testing.processes import ServiceProcess, start_dispatcher
 from tests.env import service_settings
 
 pytestmark = pytest.mark.stack

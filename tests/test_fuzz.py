@@ -16,7 +16,6 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prompt.cluster import image_arrivals, next_visit_for, sleep_task_file
 from prompt.config import Settings, Topics
 from prompt.dispatcher.engine.model import Visit, _day_obs
 from prompt.events import (
@@ -32,6 +31,8 @@ from prompt.events import (
 from prompt.kafka import aiokafka_options, ensure_topics
 from prompt.stack import Endpoints
 from prompt.stack.scratch import scratch_database
+from prompt.testing.tasks import sleep_task_file
+from prompt.testing.traffic import image_arrivals, next_visit_for
 from tests.env import dispatcher_env
 from tests.fuzz_strategies import RAW_BYTES, hostile_cancels, hostile_images, hostile_next_visits
 

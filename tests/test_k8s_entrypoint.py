@@ -35,18 +35,13 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from prompt.calib.regions import region_of
-from prompt.cluster import (
-    CompletionCollector,
-    EventSender,
-    ServiceProcess,
-    image_arrivals,
-    next_visit_for,
-)
 from prompt.config import Settings, Topics
 from prompt.instruments import raw_key
 from prompt.kafka import ensure_topics
 from prompt.metrics.pilot import PILOT_METRICS
 from prompt.stack.processes import free_port
+from prompt.testing.processes import ServiceProcess
+from prompt.testing.traffic import CompletionCollector, EventSender, image_arrivals, next_visit_for
 from tests.k8s import (
     OVERLAYS,
     ContainerRun,

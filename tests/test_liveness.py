@@ -15,22 +15,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from prompt.cluster import (
-    CompletionCollector,
-    EventSender,
-    InProcessDispatcher,
-    apply_task_file,
-    image_arrivals,
-    lsstcam_task_file,
-    next_visit_for,
-    sleep_task_file,
-    start_pilot,
-    wait_for_pilots,
-)
 from prompt.config import Settings
 from prompt.dispatcher.engine import JobState
 from prompt.events import ImageArrival
 from prompt.store import connect
+from prompt.testing.processes import InProcessDispatcher, start_pilot, wait_for_pilots
+from prompt.testing.tasks import apply_task_file, lsstcam_task_file, sleep_task_file
+from prompt.testing.traffic import CompletionCollector, EventSender, image_arrivals, next_visit_for
 from tests.env import dispatcher_env, group_id, served, service_settings
 from tests.faults import wait_db
 

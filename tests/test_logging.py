@@ -14,10 +14,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from prompt.cluster import start_dispatcher
 from prompt.config import Settings
 from prompt.kafka import ensure_topics
 from prompt.stack import Endpoints, Stack
+from prompt.testing.processes import start_dispatcher
 from tests.env import service_settings
 
 LINE_KEYS = {"event", "level", "timestamp"}

@@ -15,8 +15,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from prompt.cluster import image_arrivals, next_visit_for, sleep_task_file
 from prompt.config import Settings
+from prompt.testing.tasks import sleep_task_file
+from prompt.testing.traffic import image_arrivals, next_visit_for
 from tests.env import dispatcher_env, group_id
 
 DEPLOY = Path(__file__).parent.parent / "deploy"

@@ -10,9 +10,10 @@ import aiohttp
 import orjson
 import pytest
 
-from prompt.cluster import image_arrivals, next_visit_for, sleep_task_file
 from prompt.config import Settings
 from prompt.tasks import load_task_file
+from prompt.testing.tasks import sleep_task_file
+from prompt.testing.traffic import image_arrivals, next_visit_for
 from tests.browser import open_page
 from tests.env import OPERATOR, OPERATOR_TOKEN, dispatcher_env, group_id
 from tests.helpers import run_prompt

@@ -16,16 +16,10 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from prompt.cluster import (
-    CompletionCollector,
-    EventSender,
-    apply_task_file,
-    image_arrivals,
-    next_visit_for,
-    sleep_task_file,
-)
 from prompt.config import Settings
 from prompt.extras import EXTRA_OF_MODULE, MissingExtraError, import_optional, missing_extra
+from prompt.testing.tasks import apply_task_file, sleep_task_file
+from prompt.testing.traffic import CompletionCollector, EventSender, image_arrivals, next_visit_for
 from tests.env import group_id, served, service_settings
 from tests.helpers import run_prompt
 
@@ -110,7 +104,7 @@ def test_every_imported_package_is_declared_and_extras_are_named() -> None:
         if dists & groups[RUNTIME]:
             assert module not in EXTRA_OF_MODULE, f"{module} is runtime, not an extra"
             continue
-        if files == {"prompt/testing.py"}:
+        if files == {"prompt/testing/fixtures.py"}:
             continue  # the pytest plugin: imported only by pytest, from the dev extra
         extra = EXTRA_OF_MODULE.get(module)
         assert extra, f"{module} ({sorted(files)}) is in no extra of prompt/extras.py"

@@ -21,13 +21,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from prompt.cluster import image_arrivals, next_visit_for, sleep_task_file, start_pilot
 from prompt.config import Settings
 from prompt.metrics import DispatcherMetrics
 from prompt.metrics.pilot import PILOT_METRICS
 from prompt.pilot.cache import CacheEntry, CacheKey, CalibrationCache
 from prompt.pilot.health import PilotHealth, make_app
 from prompt.stack.processes import free_port
+from prompt.testing.processes import start_pilot
+from prompt.testing.tasks import sleep_task_file
+from prompt.testing.traffic import image_arrivals, next_visit_for
 from tests.env import dispatcher_env, group_id
 
 DISPATCHER_STATE_GAUGES = {"prompt_pilots", "prompt_pilot_slots", "prompt_pilot_slots_busy"}

@@ -12,17 +12,12 @@ from typing import Any
 
 import pytest
 
-from prompt.cluster import (
-    apply_task_file,
-    image_arrivals,
-    lsstcam_task_file,
-    next_visit_for,
-    sleep_task_file,
-)
 from prompt.config import Settings
 from prompt.events import ImageArrival
 from prompt.events.wire import frame
 from prompt.store import connect
+from prompt.testing.tasks import apply_task_file, lsstcam_task_file, sleep_task_file
+from prompt.testing.traffic import image_arrivals, next_visit_for
 from tests.env import Env, dispatcher_env, group_id, service_settings
 from tests.faults import install_fault, produce_big
 from tests.helpers import read_topic

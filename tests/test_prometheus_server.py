@@ -18,9 +18,10 @@ import orjson
 import pytest
 import yaml
 
-from prompt.cluster import image_arrivals, next_visit_for, sleep_task_file
 from prompt.config import Settings
 from prompt.stack.processes import free_port
+from prompt.testing.tasks import sleep_task_file
+from prompt.testing.traffic import image_arrivals, next_visit_for
 from tests.env import dispatcher_env, group_id
 
 DEPLOY = Path(__file__).parent.parent / "deploy"

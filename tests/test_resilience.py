@@ -9,21 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from prompt.cluster import (
-    CompletionCollector,
-    EventSender,
-    InProcessDispatcher,
-    apply_task_file,
-    image_arrivals,
-    next_visit_for,
-    sleep_task_file,
-    start_pilot,
-    wait_for_pilots,
-)
 from prompt.config import Settings
 from prompt.dispatcher.engine import JobState
 from prompt.store import connect
 from prompt.tasks.spec import Selectors
+from prompt.testing.processes import InProcessDispatcher, start_pilot, wait_for_pilots
+from prompt.testing.tasks import apply_task_file, sleep_task_file
+from prompt.testing.traffic import CompletionCollector, EventSender, image_arrivals, next_visit_for
 from tests.env import dispatcher_env, group_id, served, service_settings
 
 pytestmark = pytest.mark.stack

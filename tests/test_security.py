@@ -16,19 +16,10 @@ from pydantic import SecretStr
 
 from prompt.channel import protocol as p
 from prompt.channel.tls import pilot_context
-from prompt.cluster import (
-    CompletionCollector,
-    EventSender,
-    PilotProcess,
-    apply_task_file,
-    image_arrivals,
-    next_visit_for,
-    sleep_task_file,
-    start_dispatcher,
-    start_pilot,
-    wait_for_pilots,
-)
 from prompt.config import Settings
+from prompt.testing.processes import PilotProcess, start_dispatcher, start_pilot, wait_for_pilots
+from prompt.testing.tasks import apply_task_file, sleep_task_file
+from prompt.testing.traffic import CompletionCollector, EventSender, image_arrivals, next_visit_for
 from tests.certs import SERVER_NAME, Certs, make_certs
 from tests.env import OPERATOR, dispatcher_env, group_id, service_settings
 

@@ -22,22 +22,15 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from prompt.cluster import (
-    CompletionCollector,
-    EventSender,
-    apply_task_file,
-    image_arrivals,
-    next_visit_for,
-    sleep_task_file,
-    start_dispatcher,
-    start_pilot,
-)
 from prompt.config import Settings, Topics
 from prompt.kafka import ensure_topics
 from prompt.stack import Stack, resolve_database_url
 from prompt.stack.scratch import scratch_database
 from prompt.stats import summarize
 from prompt.store import connect
+from prompt.testing.processes import start_dispatcher, start_pilot
+from prompt.testing.tasks import apply_task_file, sleep_task_file
+from prompt.testing.traffic import CompletionCollector, EventSender, image_arrivals, next_visit_for
 
 
 @dataclass(frozen=True)

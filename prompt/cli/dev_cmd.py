@@ -28,9 +28,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from prompt.cluster import InProcessDispatcher, apply_task_file, sleep_task_file, start_pilot
     from prompt.stack import Stack
     from prompt.tasks import load_task_file
+    from prompt.testing.processes import InProcessDispatcher, start_pilot
+    from prompt.testing.tasks import apply_task_file, sleep_task_file
 
     tasks = (
         load_task_file(args.tasks.read_text()) if args.tasks else sleep_task_file(

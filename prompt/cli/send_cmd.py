@@ -36,7 +36,7 @@ def _detectors(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from prompt.cluster import EventSender, image_arrivals, next_visit_for
+    from prompt.testing.traffic import EventSender, image_arrivals, next_visit_for
 
     try:
         detectors = _detectors(args.detectors)

@@ -19,12 +19,11 @@ import numpy as np
 
 from prompt.calib.fitsio import write_image
 from prompt.pipeline.detect import DiaSource
+from prompt.timescale import MJD_UNIX_EPOCH, TAI_MINUS_UTC_S
 
 CUTOUT_SIZE = 30
 """Pixels on a side (Rubin's cutouts are 30-102 px)."""
 WCS_KEYS = ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CD1_1", "CD1_2", "CD2_1", "CD2_2")
-MJD_UNIX_EPOCH = 40587.0
-TAI_MINUS_UTC_S = 37.0
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """pytest fixtures for code that needs the real broker, database and S3.
 
-Enable with ``pytest_plugins = ["prompt.testing"]``. One embedded stack per test session (its
-processes die with the test process even if it crashes); each test that asks for
+Enable with ``pytest_plugins = ["prompt.testing.fixtures"]``. One embedded stack per test
+session (its processes die with the test process even if it crashes); each test that asks for
 ``isolated_settings`` gets its own database and topic names, so tests never see each other's
 state. ``prompt_stack_control`` is the running :class:`~prompt.stack.Stack` itself, for tests
 that kill, hold down and restart its servers (skipped when the servers are external);
