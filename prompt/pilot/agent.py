@@ -13,36 +13,28 @@ import os
 import socket
 import ssl
 import time
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from prompt.bounds import bound_counts, bound_log, bound_stages
-from prompt.calib.errors import MissingCalibrationError
-from prompt.calib.objectstore import ObjectNotFoundError
+from prompt.bounds import bound_counts, bound_stages
 from prompt.channel import protocol as p
-from prompt.channel.messages import FailureKindName, job_result
-from prompt.channel.protocol import Channel, FrameTooLargeError, Message, ProtocolError
+from prompt.channel.protocol import Channel, Message, ProtocolError
 from prompt.channel.tls import closed_before_welcome, untrusted_dispatcher
 from prompt.pilot.alerts import AlertPublisher
 from prompt.pilot.cache import CacheKey, CalibrationCache
 from prompt.pilot.calibrations import CalibrationSource
+from prompt.pilot.loading import CalibrationLoader
+from prompt.pilot.results import calib_failure, failure, fitting
 from prompt.pilot.workers import WorkerPool
 from prompt.runtime import freeze_startup_objects
 
 log = structlog.get_logger(__name__)
 
 JobKey = tuple[int, int]  # (job id, attempt)
-
-
-@dataclass
-class JobLoads:
-    """What the pilot read from the calibration store for one job, and when."""
-
-    loads: Counter[str] = field(default_factory=Counter)
-    preload_s: float | None = None
 
 
 class PilotRefusedError(RuntimeError):
@@ -103,6 +95,7 @@ class Pilot:
         self.source = source
         self.alerts = alerts
         self.cache = CalibrationCache(config.cache_bytes)
+        self.calibs = CalibrationLoader(source, self.cache, self._spawn, config.preload_concurrency)
         self.pool = WorkerPool(
             config.slots, self._on_result, warm_imports=config.warm_imports,
             nice=config.worker_nice,
@@ -112,10 +105,6 @@ class Pilot:
         self.queued: deque[Message] = deque()
         self.unacked: dict[JobKey, Message] = {}
         self.done: OrderedDict[JobKey, None] = OrderedDict()
-        self.preloaded: OrderedDict[int, bool] = OrderedDict()  # job -> all calibs were cached
-        self._preloading: dict[int, asyncio.Task[None]] = {}
-        self._load_locks: dict[CacheKey, asyncio.Lock] = {}
-        self._job_loads: OrderedDict[int, JobLoads] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
         self._reserved = 0
         """Slots held by jobs whose calibrations are still loading."""
@@ -304,72 +293,14 @@ class Pilot:
             else:
                 log.warning("unexpected message from dispatcher", type=kind)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
 
-    # ---- calibrations ------------------------------------------------------------------------
-
-    def _keys(self, fields: dict[str, Any]) -> list[CacheKey]:
-        return self.source.keys_for(fields)
-
-    def _loads_for(self, job: int) -> JobLoads:
-        loads = self._job_loads.get(job)
-        if loads is None:
-            loads = self._job_loads[job] = JobLoads()
-            while len(self._job_loads) > 10_000:
-                self._job_loads.popitem(last=False)
-        return loads
-
-    async def _ensure(self, keys: list[CacheKey], job: int) -> dict[str, dict[str, Any]]:
-        """Load what is missing (in a thread); one load per key even if asked twice at once."""
-        handles: dict[str, dict[str, Any]] = {}
-        for key in keys:
-            entry = self.cache.get(key)
-            if entry is None:
-                lock = self._load_locks.setdefault(key, asyncio.Lock())
-                async with lock:
-                    entry = self.cache.get(key)
-                    if entry is None:
-                        entry = await asyncio.to_thread(self.source.load, key)
-                        self.cache.put(entry)
-                        self._loads_for(job).loads[key.calib_type] += 1
-                self._load_locks.pop(key, None)
-            handles[key.calib_type] = entry.handle()
-        return handles
-
     async def _preload(self, msg: Message) -> None:
-        """Load every hinted calibration now, several at once, before the images exist."""
-        limit = asyncio.Semaphore(self.config.preload_concurrency)
-
-        async def one(item: dict[str, Any]) -> dict[str, Any]:
-            job = int(item["job"])
-            try:
-                keys = self._keys(item)
-            except Exception as exc:  # reported again, as the job's error, when it runs
-                log.warning("preload: no calibrations", job=job, error=str(exc))
-                return {"job": job, "hit": False}
-            hit = all(k in self.cache for k in keys)
-            async with limit:
-                started = time.perf_counter()
-                task = self._spawn(self._ensure(keys, job))
-                self._preloading[job] = task
-                try:
-                    await task
-                except Exception as exc:
-                    log.warning("preload failed", job=job, error=repr(exc))
-                    hit = False
-                finally:
-                    self._preloading.pop(job, None)
-                    self._loads_for(job).preload_s = time.perf_counter() - started
-            self.preloaded[job] = hit
-            return {"job": job, "hit": hit}
-
-        results = await asyncio.gather(*(one(item) for item in msg["items"]))
-        while len(self.preloaded) > 10_000:
-            self.preloaded.popitem(last=False)
+        results = await self.calibs.preload(msg["items"])
         if self.channel is not None:
             self.channel.send({"t": p.PRELOADED, "items": results, "t_done": time.time()})
 
@@ -403,13 +334,13 @@ class Pilot:
             msg = self.queued.popleft()
             job = msg["job"]
             try:
-                keys = self._keys(msg["fields"])
+                keys = self.calibs.keys(msg["fields"])
             except Exception as exc:
-                self._report(msg, _failure(f"calibrations: {exc}", _calib_failure(exc)), False)
+                self._report(msg, failure(f"calibrations: {exc}", calib_failure(exc)), False)
                 continue
-            pending = self._preloading.get(job)
-            if pending is None and all(k in self.cache for k in keys):
-                hit = self.preloaded.pop(job, None)
+            pending = self.calibs.preloading(job)
+            if pending is None and self.calibs.cached(keys):
+                hit = self.calibs.take_preload_hit(job)
                 self._submit(msg, keys, True if hit is None else hit)
             else:
                 self.running[job] = msg  # holds a slot while calibrations load
@@ -422,15 +353,15 @@ class Pilot:
         if pending is not None:
             with contextlib.suppress(Exception):
                 await pending
-        preload_hit = self.preloaded.pop(msg["job"], None)
-        missing = any(k not in self.cache for k in keys)
+        preload_hit = self.calibs.take_preload_hit(msg["job"])
+        missing = not self.calibs.cached(keys)
         try:
-            await self._ensure(keys, msg["job"])
+            await self.calibs.ensure(keys, msg["job"])
         except Exception as exc:
             self.running.pop(msg["job"], None)
             self._reserved -= 1
-            failure = _calib_failure(exc)
-            self._report(msg, _failure(f"calibration load failed: {exc!r}", failure), False)
+            failed = failure(f"calibration load failed: {exc!r}", calib_failure(exc))
+            self._report(msg, failed, False)
             self._start_queued()
             return
         self.running.pop(msg["job"], None)
@@ -482,20 +413,20 @@ class Pilot:
                 raise RuntimeError("this pilot has no alert publisher (no Kafka configured)")
             await self.alerts.publish(alerts)
         except Exception as exc:
-            failed = _failure(f"alert delivery failed: {exc!r}", "delivery_failed")
+            failed = failure(f"alert delivery failed: {exc!r}", "delivery_failed")
             result = {**result, **{k: failed[k] for k in ("ok", "error", "failure")}}
         result["stages"]["publish"] = time.perf_counter() - started
         result["finished"] = time.time()
         self._complete(job, result)
 
     def _report(self, msg: Message, result: dict[str, Any], cache_hit: bool) -> None:
-        io = self._job_loads.pop(msg["job"], None) or JobLoads()
+        io = self.calibs.take_loads(msg["job"])
         template = io.loads.get("template", 0)
         result["counts"] = {**result.get("counts", {}), "template_loads": template,
                             "calib_loads": sum(io.loads.values()) - template}  # fmt: skip
         if io.preload_s is not None:
             result["stages"] = {**result.get("stages", {}), "preload": io.preload_s}
-        finished = _fitting({
+        finished = fitting({
             "t": p.FINISHED,
             "job": msg["job"],
             "attempt": msg["attempt"],
@@ -514,32 +445,3 @@ class Pilot:
         if self.channel is not None:
             with contextlib.suppress(ConnectionError):
                 self.channel.send(finished)
-
-
-def _fitting(finished: Message) -> Message:
-    """A result that fits in one frame: its log cut first, then, if it still does not fit,
-    replaced by a failure saying so (a frame the dispatcher refuses would be lost)."""
-    try:
-        p.encode(finished)
-        return finished
-    except FrameTooLargeError as exc:
-        cut = {**finished, "log": bound_log(finished.get("log", ""))[-4096:]}
-        try:
-            p.encode(cut)
-            return cut
-        except FrameTooLargeError:
-            now = time.time()
-            failed = _failure(f"the job's result cannot be reported: {exc}", "payload_error")
-            return {**finished, **failed, "started": finished.get("started", now)}
-
-
-def _failure(error: str, failure: FailureKindName) -> dict[str, Any]:
-    return dict(job_result(started=time.time(), error=error, failure=failure))
-
-
-def _calib_failure(exc: BaseException) -> FailureKindName:
-    """A calibration that does not exist will not appear on a retry; a store that did not
-    answer may answer next time."""
-    if isinstance(exc, MissingCalibrationError | ObjectNotFoundError | KeyError | ValueError):
-        return "missing_calibration"
-    return "calibration_unavailable"
