@@ -353,3 +353,21 @@ class Sim:
             "prompt_events_ignored_total", {"kind": kind, "reason": reason}
         )
         return value or 0.0
+
+
+OPEN = {"defined": 0, "assigned": 0, "preloading": 0, "ready": 0, "sent": 0, "running": 0}
+
+
+def pushed(sim: Sim, pilot: str, *, slots: int = 4) -> tuple[Sim, int]:
+    """``sim`` with ``pilot`` registered, a visit announced and detector 0's image in:
+    returns the job id, now on ``pilot``."""
+    sim.register(pilot, slots=slots)
+    nv = sim.nv()
+    sim.next_visit(nv)
+    sim.image(nv, 0)
+    return sim, sim.job(nv, 0).id
+
+
+def preloaded(sim: Sim, pilot: str) -> list[int]:
+    """The detectors ``pilot`` was asked to preload, over all its preload frames."""
+    return [item["detector"] for f in sim.sent(pilot, "preload") for item in f["items"]]
