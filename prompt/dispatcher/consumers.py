@@ -54,7 +54,7 @@ class Consumers:
         self._opts = consumer_options
         self._control_opts = control_options
         self._name = name
-        self._topics = topics  # kind -> topic
+        self.topics = topics  # kind -> topic
         self._writer = writer
         self._metrics = metrics
         self._health = health
@@ -74,11 +74,9 @@ class Consumers:
             )
         stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
         self._stop_waiting = stop
-        control = [self._topics["next-visit"], self._topics["next-visit-canceled"]]
+        control = [self.topics["next-visit"], self.topics["next-visit-canceled"]]
         self.control = await self._consumer(control, stored, self._control_opts, stop)
-        self.images = await self._consumer(
-            [self._topics["image-arrival"]], stored, self._opts, stop
-        )
+        self.images = await self._consumer([self.topics["image-arrival"]], stored, self._opts, stop)
         self._health.probe("broker", self._since_fetch)
         return {f"{t}[{p}]": o for (t, p), o in stored.items()}
 

@@ -53,13 +53,13 @@ class RejectedError(EventError):
 
 
 class Intake:
+    """Decodes, validates and hands each consumed event to the runtime; dead-letters what it
+    cannot use. The consumers (positions, reconnects) are built by the term and passed in."""
+
     def __init__(
         self,
         *,
-        consumer_options: dict[str, Any],
-        control_options: dict[str, Any],
-        name: str,
-        topics: dict[str, str],
+        consumers: Consumers,
         runtime: Runtime,
         writer: StateWriter,
         codecs: dict[str, AvroCodec],
@@ -67,10 +67,9 @@ class Intake:
         metrics: DispatcherMetrics,
         health: Health,
         resolver: RawMetadataResolver | None,
-        start_from: str,
         retry_for_s: float = 60.0,
     ) -> None:
-        self._kind_of = {t: k for k, t in topics.items()}
+        self._kind_of = {t: k for k, t in consumers.topics.items()}
         self._rt = runtime
         self._writer = writer
         self._codecs = codecs
@@ -80,11 +79,7 @@ class Intake:
         self._resolver = resolver
         self._retry_for_s = retry_for_s
         self._stopping = asyncio.Event()
-        self.consumers = Consumers(
-            consumer_options=consumer_options, control_options=control_options, name=name,
-            topics=topics, writer=writer, metrics=metrics, health=health,
-            start_from=start_from, retry_for_s=retry_for_s,
-        )  # fmt: skip
+        self.consumers = consumers
 
     # ---- start and stop ---------------------------------------------------------------------
 

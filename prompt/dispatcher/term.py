@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 
 from prompt.config import Settings
 from prompt.dispatcher.config import DispatcherConfig
+from prompt.dispatcher.consumers import Consumers
 from prompt.dispatcher.deadletters import DeadLetters
 from prompt.dispatcher.engine import Engine
 from prompt.dispatcher.health import Health
@@ -142,7 +143,7 @@ async def run_term(
         engine.channel_open()
         dead_letters = DeadLetters(producer, topics.dead_letter, metrics)
         resolver = RawMetadataResolver(settings.raw_root) if settings.raw_root else None
-        intake = Intake(
+        consumers = Consumers(
             consumer_options=consumer_options(settings, ctx.endpoints.kafka_bootstrap),
             control_options=consumer_options(
                 settings, ctx.endpoints.kafka_bootstrap, latency_critical=False
@@ -153,6 +154,14 @@ async def run_term(
                 "next-visit-canceled": topics.next_visit_canceled,
                 "image-arrival": topics.image_arrival,
             },
+            writer=writer,
+            metrics=metrics,
+            health=health,
+            start_from=config.start_from,
+            retry_for_s=config.dependency_retry_s,
+        )
+        intake = Intake(
+            consumers=consumers,
             runtime=runtime,
             writer=writer,
             codecs=codecs,
@@ -160,7 +169,6 @@ async def run_term(
             metrics=metrics,
             health=health,
             resolver=resolver,
-            start_from=config.start_from,
             retry_for_s=config.dependency_retry_s,
         )
         async with asyncio.TaskGroup() as tg:
