@@ -16,6 +16,17 @@ settings.register_profile("long", max_examples=20_000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long profile runs for minutes per property: the suite's per-test timeout (a guard
+    against a hung test in `make test`) would cut it off mid-run and hypothesis would report
+    the interruption as a flaky strategy."""
+    if settings().max_examples > 1_000:
+        for item in items:
+            given = hasattr(getattr(item, "obj", None), "hypothesis")
+            if given and item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(0))
+
+
 def make_next_visit(i: int = 0, **changes: Any) -> dict[str, Any]:
     record = NextVisit(
         instrument="LSSTCam",
