@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 
 from prompt.config import Settings
-from prompt.dispatcher.engine import JobState
 from prompt.store import connect
-from prompt.testing.processes import InProcessDispatcher, start_pilot, wait_for_pilots
 from prompt.testing.tasks import apply_task_file, lsstcam_task_file, sleep_task_file
 from prompt.testing.traffic import CompletionCollector, EventSender, image_arrivals, next_visit_for
-from tests.env import group_id, served, service_settings
+from tests.env import group_id, pilot_processes, served, service_settings
 
 pytestmark = pytest.mark.stack
 
@@ -67,42 +65,26 @@ async def test_rejected_input_fails_at_once_while_a_lost_pilot_is_retried(
         "import sys\n"
         f"if sys.argv[1] == '{REJECTED}':\n"
         "    print('header EXPTIME missing: not a science raw', file=sys.stderr); sys.exit(65)\n"
-        "import time; time.sleep(1.5)\n"
+        "import time; time.sleep(3.0)\n"
     )
     tasks = lsstcam_task_file(
         name="reject", detectors="0-19", max_attempts=3,
         payload={"kind": "argv", "argv": [sys.executable, "-c", reject, "{detector}"]},
     )  # fmt: skip
     settings = service_settings(isolated_settings)
-    await apply_task_file(settings, tasks)
-    async with (
-        InProcessDispatcher(settings) as running,
-        EventSender(settings) as sender,
-        CompletionCollector(settings) as completions,
-    ):
-        pilots = [
-            start_pilot(settings, running.pilot_port, f"p{i}", slots=10, log_dir=tmp_path)
-            for i in range(2)
-        ]
-        try:
-            await wait_for_pilots(running, 2)
-            book = running.engine.book
-            nv = next_visit_for(group_id("reject"), start_utc=time.time())
-            await sender.next_visit(nv)
-            await sender.images(image_arrivals(nv, range(20)))
-            await completions.wait_for(1, timeout=30)
-            async with asyncio.timeout(30):
-                while sum(j.state is JobState.RUNNING for j in book.jobs.values()) < 19:
-                    await asyncio.sleep(0.02)
-            victim = next(p for p in pilots if book.pilots.pilots[p.pilot_id].running)
-            on_victim = set(book.pilots.pilots[victim.pilot_id].running)
-            victim.kill()
-            await completions.wait_for(20, timeout=60)
-            await asyncio.sleep(0.5)  # a duplicate would arrive in this window
-            await running.writer.flush()
-        finally:
-            for p in pilots:
-                p.stop_if_running()
+    async with pilot_processes(settings, tasks, tmp_path) as env:
+        book, completions = env.book, env.completions
+        nv = next_visit_for(group_id("reject"), start_utc=time.time())
+        await env.sender.next_visit(nv)
+        await env.sender.images(image_arrivals(nv, range(20)))
+        await completions.wait_for(1, timeout=30)
+        await env.until_running(19)
+        victim = next(p for p in env.pilots if book.pilots.pilots[p.pilot_id].running)
+        on_victim = set(book.pilots.pilots[victim.pilot_id].running)
+        victim.kill()
+        await completions.wait_for(20, timeout=60)
+        await asyncio.sleep(0.5)  # a duplicate would arrive in this window
+        await env.running.writer.flush()
     assert completions.duplicates() == 0
     by_det = {r["detector"]: r for r in completions.records}
     rejected = by_det.pop(REJECTED)
@@ -116,7 +98,7 @@ async def test_rejected_input_fails_at_once_while_a_lost_pilot_is_retried(
         assert (r["status"], r["attempt"], r["failureKind"]) == ("finished", expected, None)
         if r["jobId"] in on_victim:
             assert r["pilot"] != victim.pilot_id
-    assert running.metrics.pilots_lost._value.get() == 1
+    assert env.running.metrics.pilots_lost._value.get() == 1
     conn = await connect(settings.database_url or "")
     try:
         row = await conn.fetchrow(
