@@ -31,7 +31,7 @@ from prompt.events import ImageArrival, NextVisit
 from prompt.instruments import raw_key
 from prompt.kafka import ensure_topics
 from prompt.sim import SimConfig, SimVisit, generate, read_truth
-from prompt.stack import Stack, resolve_endpoints
+from prompt.stack import Stack, owned_stack, resolve_endpoints
 from prompt.stack.scratch import scratch_database
 from prompt.stats import percentile
 from prompt.tasks import TaskFile
@@ -275,7 +275,7 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
         truth = await prepare_data(night, config, run_id)
     # The stack with the base settings: it creates the default topics, not this run's (which
     # are made below, with their own partition counts).
-    stack = Stack(settings)
+    base = settings
     topics = Topics().suffixed(run_id)
     settings = settings.with_overrides(
         topics=topics,
@@ -285,16 +285,13 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
         dispatch_mode=config.mode,
         affinity_wait_s=settings.affinity_wait_s / config.timing.speed,
     )
-    was_running = bool(stack.status()["running"])
-    endpoints = await stack.up()
-    status = stack.status()
-    server_pids = {
-        role: [status[role]["pid"]]
-        for role in ("broker", "postgres")
-        if isinstance(status.get(role), dict) and status[role].get("pid")
-    }
-    external = settings.database_url is not None
-    try:
+    async with owned_stack(base) as endpoints:
+        status = Stack(base).status()
+        server_pids = {
+            role: [status[role]["pid"]]
+            for role in ("broker", "postgres")
+            if isinstance(status.get(role), dict) and status[role].get("pid")
+        }
         async with scratch_database(endpoints.database_url, "replay") as url:
             run_settings = settings.with_overrides(
                 database_url=url, kafka_bootstrap=endpoints.kafka_bootstrap
@@ -313,9 +310,6 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
                 result.alerts = await read_all(run_settings, run_settings.topics.alerts)
                 result.truth = truth
             return result
-    finally:
-        if not was_running and not external:
-            stack.down()
 
 
 def _pilot_args(config: ReplayConfig) -> tuple[str, ...]:

@@ -189,10 +189,14 @@ class Sim:
             nv, **{"start_time": now + TAI_MINUS_UTC_S + 2.0, "efd_stamp": now, **changes}
         )
 
-    def next_visit(self, nv: NextVisit) -> Decision:
+    def next_visit(self, nv: NextVisit) -> Decision | BuildFirst:
         """Announce, then carry out the decision as the runtime does."""
         consumed = self.clock.wall()
         decision = self.engine.announce(nv, nv.to_record(), consumed)
+        if isinstance(decision, BuildFirst):
+            built = self.engine.decide(nv, consumed, self.tasks)
+            self._carry_out(built, nv, consumed)
+            return decision
         self._carry_out(decision, nv, consumed)
         return decision
 

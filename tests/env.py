@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from prompt.config import Settings
+from prompt.dispatcher.engine import JobState
 from prompt.pilot import CalibrationSource, Pilot, PilotConfig, SyntheticCalibrations
 from prompt.pilot.alerts import AlertPublisher
 from prompt.stack.processes import free_port
@@ -126,6 +129,52 @@ async def dispatcher_env(
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(30):
                     await asyncio.gather(*env.pilot_tasks, return_exceptions=True)
+
+
+@dataclass
+class WithPilotProcesses:
+    """An in-process dispatcher (the test looks inside it) and real ``prompt pilot``
+    processes (the test kills or stops them)."""
+
+    running: Any
+    sender: EventSender
+    completions: CompletionCollector
+    pilots: list[PilotProcess]
+
+    @property
+    def book(self) -> Any:
+        return self.running.engine.book
+
+    async def until_running(self, count: int, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while sum(j.state is JobState.RUNNING for j in self.book.jobs.values()) < count:
+                await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def pilot_processes(
+    settings: Settings, tasks: TaskFile, log_dir: Path, *, pilots: int = 2, slots: int = 10
+) -> AsyncIterator[WithPilotProcesses]:
+    """``settings`` as made by :func:`service_settings`; pilots ``p0``, ``p1`` ... ."""
+    await apply_task_file(settings, tasks)
+    async with (
+        InProcessDispatcher(settings) as running,
+        EventSender(settings) as sender,
+        CompletionCollector(settings) as completions,
+    ):
+        procs = [
+            start_pilot(settings, running.pilot_port, f"p{i}", slots=slots, log_dir=log_dir)
+            for i in range(pilots)
+        ]
+        try:
+            await wait_for_pilots(running, pilots)
+            yield WithPilotProcesses(running, sender, completions, procs)
+        finally:
+            for p in procs:
+                if p.proc.poll() is None:  # a stopped pilot must continue to hear SIGTERM
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.proc.pid, signal.SIGCONT)
+                p.stop_if_running()
 
 
 def group_id(tag: str) -> str:

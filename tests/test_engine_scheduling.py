@@ -186,6 +186,24 @@ def test_poll_notes_the_next_visit_and_builds_the_visit_at_its_first_image() -> 
     assert sim.sent("p1") == []
 
 
+def test_poll_builds_a_visit_whose_images_came_before_its_next_visit() -> None:
+    """The image consumer may read a visit's images before the control consumer reads its
+    next-visit: they are held, and the next-visit builds the visit at once."""
+    sim = Sim(scheduling="poll")
+    sim.register("p1", slots=4)
+    nv = sim.nv()
+    for detector in (0, 1):
+        assert sim.deliver(sim.arrival(nv, detector)) is None
+    assert sim.engine.held_groups() != []
+    build = sim.next_visit(nv)
+    assert isinstance(build, BuildFirst) and build.announced.nv == nv
+    assert sim.engine.held_groups() == []
+    assert [sim.job(nv, d).state for d in (0, 1)] == [JobState.READY] * 2
+    sim.poll("p1")
+    assert sorted(sim.jobs_sent("p1")) == sorted(sim.job(nv, d).id for d in (0, 1))
+    assert sim.next_visit(nv) == Duplicate()
+
+
 def test_poll_sends_jobs_only_when_a_pilot_asks_and_only_as_many_as_it_has_room_for() -> None:
     sim = Sim(scheduling="poll")
     sim.register("p1", slots=2)

@@ -16,13 +16,12 @@ import aiohttp
 import pytest
 
 from prompt.config import Settings
-from prompt.dispatcher.engine import JobState
 from prompt.events import ImageArrival
 from prompt.store import connect
-from prompt.testing.processes import InProcessDispatcher, start_pilot, wait_for_pilots
+from prompt.testing.processes import start_pilot
 from prompt.testing.tasks import apply_task_file, lsstcam_task_file, sleep_task_file
 from prompt.testing.traffic import CompletionCollector, EventSender, image_arrivals, next_visit_for
-from tests.env import dispatcher_env, group_id, served, service_settings
+from tests.env import dispatcher_env, group_id, pilot_processes, served, service_settings
 from tests.faults import wait_db
 
 pytestmark = pytest.mark.stack
@@ -35,47 +34,29 @@ async def test_a_stalled_pilot_is_dropped_reconnects_and_gets_work_again(
     jobs run elsewhere; once it continues it registers again and is given new work; its
     results for the superseded attempts are fenced, so each job completes once."""
     settings = service_settings(isolated_settings)
-    await apply_task_file(settings, sleep_task_file(mean_s=2.0, detectors="0-19"))
-    async with (
-        InProcessDispatcher(settings) as running,
-        EventSender(settings) as sender,
-        CompletionCollector(settings) as completions,
-    ):
-        pilots = [
-            start_pilot(settings, running.pilot_port, f"p{i}", slots=10, log_dir=tmp_path)
-            for i in range(2)
-        ]
-        try:
-            await wait_for_pilots(running, 2)
-            d = running.engine.book
-            nv = next_visit_for(group_id("stall"), start_utc=time.time())
-            await sender.next_visit(nv)
-            await sender.images(image_arrivals(nv, range(20)))
-            async with asyncio.timeout(20):
-                while sum(j.state is JobState.RUNNING for j in d.jobs.values()) < 20:
-                    await asyncio.sleep(0.02)
-            victim = pilots[0]
-            os.killpg(victim.proc.pid, signal.SIGSTOP)
-            async with asyncio.timeout(20):
-                while running.metrics.pilots_lost._value.get() < 1:
-                    await asyncio.sleep(0.02)
-            assert victim.pilot_id not in d.pilots.pilots
-            os.killpg(victim.proc.pid, signal.SIGCONT)
-            async with asyncio.timeout(20):  # it notices the closed connection and registers
-                while victim.pilot_id not in {p.id for p in d.pilots.connected()}:
-                    await asyncio.sleep(0.05)
-            await completions.wait_for(20, timeout=60)
-            nv2 = next_visit_for(group_id("after-stall"), start_utc=time.time())
-            await sender.next_visit(nv2)
-            await sender.images(image_arrivals(nv2, range(20)))
-            await completions.wait_for(40, timeout=60)
-            await asyncio.sleep(1.0)  # late results of the stalled attempts would land now
-        finally:
-            for p in pilots:
-                with_cont = p.proc.poll() is None
-                if with_cont:
-                    os.killpg(p.proc.pid, signal.SIGCONT)
-                p.stop_if_running()
+    tasks = sleep_task_file(mean_s=2.0, detectors="0-19")
+    async with pilot_processes(settings, tasks, tmp_path) as env:
+        d, running, sender, completions = env.book, env.running, env.sender, env.completions
+        nv = next_visit_for(group_id("stall"), start_utc=time.time())
+        await sender.next_visit(nv)
+        await sender.images(image_arrivals(nv, range(20)))
+        await env.until_running(20)
+        victim = env.pilots[0]
+        os.killpg(victim.proc.pid, signal.SIGSTOP)
+        async with asyncio.timeout(20):
+            while running.metrics.pilots_lost._value.get() < 1:
+                await asyncio.sleep(0.02)
+        assert victim.pilot_id not in d.pilots.pilots
+        os.killpg(victim.proc.pid, signal.SIGCONT)
+        async with asyncio.timeout(20):  # it notices the closed connection and registers
+            while victim.pilot_id not in {p.id for p in d.pilots.connected()}:
+                await asyncio.sleep(0.05)
+        await completions.wait_for(20, timeout=60)
+        nv2 = next_visit_for(group_id("after-stall"), start_utc=time.time())
+        await sender.next_visit(nv2)
+        await sender.images(image_arrivals(nv2, range(20)))
+        await completions.wait_for(40, timeout=60)
+        await asyncio.sleep(1.0)  # late results of the stalled attempts would land now
     assert completions.duplicates() == 0
     assert Counter(r["status"] for r in completions.records) == {"finished": 40}
     second = completions.for_group(nv2.group_id)

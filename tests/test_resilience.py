@@ -13,10 +13,10 @@ from prompt.config import Settings
 from prompt.dispatcher.engine import JobState
 from prompt.store import connect
 from prompt.tasks.spec import Selectors
-from prompt.testing.processes import InProcessDispatcher, start_pilot, wait_for_pilots
+from prompt.testing.processes import InProcessDispatcher
 from prompt.testing.tasks import apply_task_file, sleep_task_file
 from prompt.testing.traffic import CompletionCollector, EventSender, image_arrivals, next_visit_for
-from tests.env import dispatcher_env, group_id, served, service_settings
+from tests.env import dispatcher_env, group_id, pilot_processes, served, service_settings
 
 pytestmark = pytest.mark.stack
 
@@ -25,34 +25,19 @@ async def test_pilot_killed_mid_job_is_redispatched(
     isolated_settings: Settings, tmp_path: Path
 ) -> None:
     settings = service_settings(isolated_settings)
-    await apply_task_file(settings, sleep_task_file(mean_s=1.5, detectors="0-19"))
-    async with (
-        InProcessDispatcher(settings) as running,
-        EventSender(settings) as sender,
-        CompletionCollector(settings) as completions,
-    ):
-        pilots = [
-            start_pilot(settings, running.pilot_port, f"p{i}", slots=10, log_dir=tmp_path)
-            for i in range(2)
-        ]
-        try:
-            await wait_for_pilots(running, 2)
-            d = running.engine.book
-            nv = next_visit_for(group_id("kill"), start_utc=time.time())
-            await sender.next_visit(nv)
-            await sender.images(image_arrivals(nv, range(20)))
-            async with asyncio.timeout(20):
-                while sum(j.state is JobState.RUNNING for j in d.jobs.values()) < 20:
-                    await asyncio.sleep(0.02)
-            victim = next(p for p in pilots if d.pilots.pilots[p.pilot_id].running)
-            on_victim = set(d.pilots.pilots[victim.pilot_id].running)
-            victim.kill()
-            await completions.wait_for(20, timeout=60)
-            await asyncio.sleep(0.5)
-        finally:
-            for p in pilots:
-                if p.proc.poll() is None:
-                    p.terminate()
+    tasks = sleep_task_file(mean_s=1.5, detectors="0-19")
+    async with pilot_processes(settings, tasks, tmp_path) as env:
+        d = env.book
+        nv = next_visit_for(group_id("kill"), start_utc=time.time())
+        await env.sender.next_visit(nv)
+        await env.sender.images(image_arrivals(nv, range(20)))
+        await env.until_running(20)
+        victim = next(p for p in env.pilots if d.pilots.pilots[p.pilot_id].running)
+        on_victim = set(d.pilots.pilots[victim.pilot_id].running)
+        victim.kill()
+        await env.completions.wait_for(20, timeout=60)
+        await asyncio.sleep(0.5)
+    completions = env.completions
     assert completions.duplicates() == 0
     assert Counter(r["status"] for r in completions.records) == {"finished": 20}
     for r in completions.records:
@@ -60,7 +45,7 @@ async def test_pilot_killed_mid_job_is_redispatched(
             assert r["attempt"] == 2 and r["pilot"] != victim.pilot_id
         else:
             assert r["attempt"] == 1
-    assert running.metrics.pilots_lost._value.get() == 1
+    assert env.running.metrics.pilots_lost._value.get() == 1
 
 
 async def test_reconnecting_pilot_keeps_its_jobs(isolated_settings: Settings) -> None:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
 import psutil
 import pytest
 
+from prompt.config import Settings
+from prompt.stack import Stack, owned_stack
 from prompt.stack.processes import alive
 from tests.helpers import run_prompt
 
@@ -99,11 +107,55 @@ def test_commands_say_how_to_get_a_database(tmp_path: Path) -> None:
 
 
 def test_db_upgrade_against_external_url(isolated_settings: object) -> None:
-    from prompt.config import Settings
-
     assert isinstance(isolated_settings, Settings)
     res = run_prompt(
         "db", "upgrade", env={"PROMPT_DATABASE_URL": isolated_settings.database_url or ""}
     )
     assert res.returncode == 0, res.stderr.decode()
     assert b"already up to date" in res.stdout
+
+
+def test_prompt_dev_leaves_running_the_stack_it_did_not_start(tmp_path: Path) -> None:
+    """One rule (``owned_stack``): a tool stops only the stack it started. ``prompt dev`` on
+    a stack that was already up leaves it up; the outer user, which started it, stops it."""
+    state = tmp_path / "stack"
+    settings = Settings(state_dir=state)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with owned_stack(settings):
+            before = Stack(settings).status()
+            assert before["running"]
+            await asyncio.to_thread(run_dev_until_up_then_stop, state, tmp_path / "dev.out")
+            after = Stack(settings).status()
+        return before, after
+
+    before, after = asyncio.run(scenario())
+    assert after["running"], "prompt dev stopped a stack it had not started"
+    pids = [before[k]["pid"] for k in ("postgres", "broker", "s3")]
+    assert pids == [after[k]["pid"] for k in ("postgres", "broker", "s3")]
+    assert not Stack(settings).status()["running"], "the stack's starter stopped it"
+    assert not any(alive(p) for p in pids)
+    assert _processes_using(state) == []
+    Stack(settings).down(purge=True)
+
+
+def run_dev_until_up_then_stop(state: Path, out_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPT_")}
+    env.update(PROMPT_HTTP_PORT="0", PROMPT_PILOT_PORT="0", PROMPT_LOG_FORMAT="json")
+    with out_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prompt", "--state-dir", str(state), "dev", "--pilots", "1"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while b"prompt dev is up" not in out_path.read_bytes():
+            assert proc.poll() is None, out_path.read_text()
+            assert time.monotonic() < deadline, "prompt dev did not come up in 90 s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, out_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -31,7 +31,7 @@ from prompt.pilot.alerts import (
     ConfluentAlertPublisher,
     KafkaAlertPublisher,
 )
-from prompt.stack import Stack
+from prompt.stack import owned_stack
 from prompt.stats import summarize
 
 IMPLEMENTATIONS = ("aiokafka", "confluent-kafka")
@@ -56,14 +56,8 @@ def publisher(name: str, settings: Settings, bootstrap: str, topic: str) -> Aler
 
 
 async def run_alert_bench(settings: Settings, shape: AlertBenchShape) -> dict[str, Any]:
-    stack = Stack(settings)
-    was_running = bool(stack.status()["running"])
-    endpoints = await stack.up()
-    try:
+    async with owned_stack(settings) as endpoints:
         return await _run(settings, endpoints.kafka_bootstrap, shape)
-    finally:
-        if not was_running and settings.kafka_bootstrap is None:
-            stack.down()
 
 
 async def _run(settings: Settings, bootstrap: str, shape: AlertBenchShape) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from prompt.config import Settings, Topics
 from prompt.kafka import ensure_topics
-from prompt.stack import Stack, resolve_database_url
+from prompt.stack import owned_stack, resolve_database_url
 from prompt.stack.scratch import scratch_database
 from prompt.stats import summarize
 from prompt.store import connect
@@ -59,18 +59,14 @@ def isolated(settings: Settings, run_id: str) -> Settings:
 async def run_bench(settings: Settings, shape: BenchShape, log_dir: Path) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     settings = isolated(settings, run_id)
-    stack = Stack(settings)
-    was_running = bool(stack.status()["running"])
-    endpoints = await stack.up()
-    try:
-        async with scratch_database(endpoints.database_url, "bench") as url:
-            run_settings = settings.with_overrides(
-                database_url=url, kafka_bootstrap=endpoints.kafka_bootstrap
-            )
-            return await _run(run_settings, shape, log_dir, run_id)
-    finally:
-        if not was_running and settings.database_url is None and settings.kafka_bootstrap is None:
-            stack.down()
+    async with (
+        owned_stack(settings) as endpoints,
+        scratch_database(endpoints.database_url, "bench") as url,
+    ):
+        run_settings = settings.with_overrides(
+            database_url=url, kafka_bootstrap=endpoints.kafka_bootstrap
+        )
+        return await _run(run_settings, shape, log_dir, run_id)
 
 
 async def _run(settings: Settings, shape: BenchShape, log_dir: Path, run_id: str) -> dict[str, Any]:
@@ -130,7 +126,7 @@ async def _wait_preloaded(service: Any, group: str, shape: BenchShape) -> None:
     deadline = time.monotonic() + shape.preload_timeout_s
     while time.monotonic() < deadline:
         status = await service.status()
-        for visit in status["visits_in_flight"]:
+        for visit in status["visits"]:
             if visit["group"] == group and visit["preloaded"] >= visit["jobs"]:
                 return
         await asyncio.sleep(0.05)

@@ -1,6 +1,7 @@
 """``prompt dev``: embedded stack + dispatcher + K pilots in one command, for trying it by hand.
 
-Ctrl-C (or SIGTERM) stops the pilots, drains the dispatcher, and stops the stack it started.
+Ctrl-C (or SIGTERM) stops the pilots and drains the dispatcher; it stops the stack only if it
+started it (one already running, e.g. from ``prompt stack up``, is left running).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from prompt.stack import Stack
+    from prompt.stack import owned_stack
     from prompt.tasks import load_task_file
     from prompt.testing.processes import InProcessDispatcher, start_pilot
     from prompt.testing.tasks import apply_task_file, sleep_task_file
@@ -44,12 +45,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     ui_token = quote(operator.get_secret_value(), safe="")  # the page reads it from the fragment
 
     async def main(stop: asyncio.Event) -> None:
-        nonlocal settings
-        stack = Stack(settings)
-        endpoints = await stack.up()
-        settings = settings.with_overrides(
-            database_url=endpoints.database_url, kafka_bootstrap=endpoints.kafka_bootstrap
-        )
+        async with owned_stack(settings) as endpoints:
+            on_stack = settings.with_overrides(
+                database_url=endpoints.database_url, kafka_bootstrap=endpoints.kafka_bootstrap
+            )
+            await run_dev(on_stack, stop)
+
+    async def run_dev(settings: Settings, stop: asyncio.Event) -> None:
         pilots = []
         try:
             await apply_task_file(settings, tasks)
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     f"  ui       http://127.0.0.1:{running.http_port}/ui#token={ui_token}\n"
                     f"  metrics  http://127.0.0.1:{running.http_port}/metrics\n"
                     f"  status   http://127.0.0.1:{running.http_port}/status   "
-                    f"or: prompt {state} status\n"
+                    f"or: prompt status --url http://127.0.0.1:{running.http_port}\n"
                     f"  send     prompt {state} send visit --filter r_57\n"
                     f"  logs     {log_dir}/\nCtrl-C stops everything.\n",
                     flush=True,
@@ -79,6 +81,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             for pilot in pilots:
                 if pilot.proc.poll() is None:
                     pilot.kill()
-            stack.down()
 
     return run_service(main)

@@ -34,6 +34,7 @@ from prompt.dispatcher.engine import (
     SaveVisitStatus,
     Send,
 )
+from prompt.dispatcher.engine.book import Announced
 from prompt.dispatcher.leadership import Fence
 from prompt.dispatcher.writer import StateWriter
 from prompt.events import ImageArrival, NextVisit
@@ -120,8 +121,10 @@ class Runtime:
         """A database error propagates with the engine unchanged (the intake retries the event
         or, if the database refuses the record itself, dead-letters it)."""
         t0 = time.perf_counter()
-        await self._carry_out(self.engine.announce(nv, record, consumed), nv, record, consumed,
-                              at, t0)  # fmt: skip
+        decision = self.engine.announce(nv, record, consumed)
+        if isinstance(decision, BuildFirst):  # its images came first: build the visit now
+            decision = await self._decide_from_database(decision.announced)
+        await self._carry_out(decision, nv, record, consumed, at, t0)
         if at is not None:
             self.writer.offset(at[0], at[1], at[2] + 1)
 
@@ -213,12 +216,17 @@ class Runtime:
         if isinstance(build, BuildFirst):
             noted = build.announced
             t0 = time.perf_counter()
-            async with self.pool.acquire() as conn:
-                tasks = await load_active_tasks(conn)
-            decision = self.engine.decide(noted.nv, noted.received, tasks)
+            decision = await self._decide_from_database(noted)
             await self._carry_out(decision, noted.nv, noted.record, noted.received, None, t0)
             _, effects = self.engine.image(arrival, consumed)
             self.apply(effects)
+
+    async def _decide_from_database(self, noted: Announced) -> Decision:
+        """A noted visit's decision, its task read from the database (as a system without
+        resurrection would)."""
+        async with self.pool.acquire() as conn:
+            tasks = await load_active_tasks(conn)
+        return self.engine.decide(noted.nv, noted.received, tasks)
 
     def sweep(self, *, images_read: bool) -> None:
         self.apply(self.engine.sweep(images_read=images_read))

@@ -1,4 +1,5 @@
-"""Rubin alert packets: the latest schema shipped by ``lsst-alert-packet``, Confluent framing.
+"""Rubin alert packets: the latest schema shipped by ``lsst-alert-packet``, framed in the
+Confluent wire format of ``prompt/events/wire.py``.
 
 The schema is loaded and parsed once per process (workers import this module at start-up);
 per alert there is only a dict to fill and one schemaless Avro write.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import struct
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -18,6 +18,7 @@ import fastavro
 import numpy as np
 
 from prompt.calib.fitsio import write_image
+from prompt.events.wire import frame, unframe
 from prompt.pipeline.detect import DiaSource
 from prompt.timescale import MJD_UNIX_EPOCH, TAI_MINUS_UTC_S
 
@@ -52,11 +53,6 @@ def alert_schema() -> AlertSchema:
     return AlertSchema(f"{major}.{minor}", int(schema.get_schema_id()), parsed, fields)
 
 
-def frame(schema_id: int, body: bytes) -> bytes:
-    """Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro body."""
-    return b"\x00" + struct.pack(">I", schema_id) + body
-
-
 def encode(record: dict[str, Any]) -> bytes:
     schema = alert_schema()
     out = io.BytesIO()
@@ -65,14 +61,13 @@ def encode(record: dict[str, Any]) -> bytes:
 
 
 def decode(value: bytes) -> dict[str, Any]:
-    """The inverse of :func:`encode` (checks the framing and the schema id)."""
+    """The inverse of :func:`encode`; raises FramingError (not Confluent wire format) or
+    ValueError (another schema id)."""
     schema = alert_schema()
-    if len(value) < 5 or value[0] != 0:
-        raise ValueError("not a Confluent-framed message")
-    (schema_id,) = struct.unpack(">I", value[1:5])
+    schema_id, body = unframe(value)
     if schema_id != schema.schema_id:
         raise ValueError(f"schema id {schema_id}, expected {schema.schema_id}")
-    record: Any = fastavro.schemaless_reader(io.BytesIO(value[5:]), schema.parsed)
+    record: Any = fastavro.schemaless_reader(io.BytesIO(body), schema.parsed)
     return dict(record)
 
 

@@ -1,5 +1,6 @@
 """Embedded development/test stack: PostgreSQL, Kafka-protocol broker and S3 on loopback."""
 
+from prompt.stack.owned import owned_stack
 from prompt.stack.stack import (
     NotEmbeddedError,
     ServerName,
@@ -19,6 +20,7 @@ __all__ = [
     "Stack",
     "StackNotRunningError",
     "StackState",
+    "owned_stack",
     "prepare",
     "resolve_database_url",
     "resolve_endpoints",

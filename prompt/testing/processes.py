@@ -30,6 +30,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         PROMPT_HEARTBEAT_TIMEOUT_S=str(settings.heartbeat_timeout_s),
         PROMPT_KAFKA_FETCH_MAX_WAIT_MS=str(settings.kafka_fetch_max_wait_ms),
         PROMPT_DISPATCH_MODE=settings.dispatch_mode,
+        PROMPT_POLL_S=str(settings.poll_s),
         PROMPT_AFFINITY_WAIT_S=str(settings.affinity_wait_s),
         PROMPT_LOG_FORMAT="json",
         PROMPT_LOG_LEVEL=settings.log_level,

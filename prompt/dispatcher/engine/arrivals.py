@@ -80,7 +80,11 @@ class Arrivals(Desk):
 
     # ---- next-visit -------------------------------------------------------------------------
 
-    def announce(self, nv: NextVisit, record: dict[str, Any], consumed: float) -> Decision:
+    def announce(
+        self, nv: NextVisit, record: dict[str, Any], consumed: float
+    ) -> Decision | BuildFirst:
+        """With a scheduling that builds visits at their first image, a next-visit whose
+        images came first (they are held) is built at once: ``BuildFirst``."""
         key = (nv.instrument, nv.group_id)
         if not nv.instrument:
             return self._ignore("not_observation")
@@ -92,8 +96,8 @@ class Arrivals(Desk):
         if nv.efd_stamp and consumed - nv.efd_stamp > self.config.stale_after_s:
             return self._ignore("stale")
         if not self.scheduling.resurrects_on_announce:
-            self.book.announced[key] = Announced(nv, record, consumed)
-            return Noted()
+            noted = self.book.announced[key] = Announced(nv, record, consumed)
+            return BuildFirst(noted) if key in self.book.held else Noted()
         return self.decide(nv, consumed, self.tasks)
 
     def decide(self, nv: NextVisit, consumed: float, tasks: list[Task]) -> Ignore | Resurrect:

@@ -88,7 +88,9 @@ class Engine:
 
     # ---- the observatory --------------------------------------------------------------------
 
-    def announce(self, nv: NextVisit, record: dict[str, Any], consumed: float) -> Decision:
+    def announce(
+        self, nv: NextVisit, record: dict[str, Any], consumed: float
+    ) -> Decision | BuildFirst:
         return self.arrivals.announce(nv, record, consumed)
 
     def decide(self, nv: NextVisit, consumed: float, tasks: list[Task]) -> Decision:
@@ -191,7 +193,7 @@ class Engine:
         return self.book.held.keys()
 
     def snapshot(self) -> Snapshot:
-        return snapshot(self.book, self.wall())
+        return snapshot(self.book, self.wall(), self.scheduling.name)
 
     def channel_open(self) -> None:
         """The pilot channel listens now: pilots that held jobs when the previous term ended

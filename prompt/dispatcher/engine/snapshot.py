@@ -2,7 +2,7 @@
 state, queues, pilots and the jobs that went wrong — built in one place, cheap enough for
 once a second. ``/status`` serves it without the error texts, ``/ui/snapshot`` and the
 operator page's stream with them, the Prometheus collector reads its gauges from it, and
-``prompt status`` prints the same shape from the database.
+``prompt status`` prints the ``/status`` document it fetches.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ BUDGET_STATES = frozenset({JobState.READY, JobState.SENT, JobState.RUNNING})
 @dataclass(frozen=True)
 class Snapshot:
     now: float
+    scheduling: str
+    """How jobs reach pilots: ``push`` (warm) or ``poll`` (cold), chosen at start-up."""
     visits: list[dict[str, Any]]
     """In flight (``status: "in flight"``), newest first, then the last ones done."""
     jobs_by_state: dict[str, int]
@@ -34,8 +36,9 @@ class Snapshot:
 
     def to_json(self, *, with_errors: bool) -> dict[str, Any]:
         doc = {
-            "now": self.now, "visits": self.visits, "jobs_by_state": self.jobs_by_state,
-            "ready_queue": self.ready_queue, "held_images": self.held_images,
+            "now": self.now, "scheduling": self.scheduling, "visits": self.visits,
+            "jobs_by_state": self.jobs_by_state, "ready_queue": self.ready_queue,
+            "held_images": self.held_images,
             "pilots": self.pilots, "oldest_budget_s": self.oldest_budget_s,
         }  # fmt: skip
         if with_errors:
@@ -47,7 +50,7 @@ class Snapshot:
         return [p for p in self.pilots if p["connected"]]
 
 
-def snapshot(book: Book, now: float) -> Snapshot:
+def snapshot(book: Book, now: float, scheduling: str) -> Snapshot:
     live = []
     states: Counter[str] = Counter()
     deadlines: list[float] = []
@@ -91,6 +94,7 @@ def snapshot(book: Book, now: float) -> Snapshot:
     ]
     return Snapshot(
         now=now,
+        scheduling=scheduling,
         visits=live + list(book.recent),
         jobs_by_state={s: states.get(s, 0) for s in OPEN_STATES},
         # The queue keeps jobs canceled or expired while queued until a pilot pops them.
