@@ -113,7 +113,7 @@ class Sampler:
         interval_s: float,
         clock: Callable[[], float],
         pids: Callable[[], dict[str, list[int]]],
-        metrics_url: str | None,
+        metrics_url: str | Callable[[], str] | None,  # callable: the leader's, as it changes
         image_topic: str,
         fetch_ms: Callable[[], Any] | None = None,
         memory_every: int = 5,
@@ -186,8 +186,9 @@ class Sampler:
     async def _scrape(self, s: Sample) -> None:
         if self._metrics_url is None or self._http is None:
             return
+        url = self._metrics_url() if callable(self._metrics_url) else self._metrics_url
         try:
-            async with self._http.get(self._metrics_url) as resp:
+            async with self._http.get(url) as resp:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError):
             return
