@@ -266,9 +266,9 @@ class Chaos:
             record = await self._inject(fault)
             log.info("chaos fault recovered", **record.as_dict())
             try:
-                await self._settled()
+                await self._settled(record)
             except TimeoutError:
-                record.error = (record.error or "") + "; not settled (both dispatchers, pilots)"
+                record.error = _also(record.error, "not settled (both dispatchers, pilots)")
             ready_at = self._clock() + self.config.settle_s
 
     async def _inject(self, fault: PlannedFault) -> FaultRecord:
@@ -376,16 +376,29 @@ class Chaos:
             await asyncio.sleep(self.config.poll_s)
         record.pilots_back_s = self._since(record)
 
-    async def _settled(self) -> None:
-        """Both dispatchers alive and answering (one ready), every pilot back, servers up."""
+    async def _settled(self, record: FaultRecord | None = None) -> None:
+        """Both dispatchers alive and answering (one ready), every pilot back, servers up. A
+        dispatcher that exited by itself is a failure of the fault's recovery: it is noted on
+        ``record`` and started again, as a supervisor would."""
         assert self.watch is not None
         async with asyncio.timeout(self.config.recovery_timeout_s):
             while True:
+                for i, service in enumerate(self.targets.services):
+                    code = service.proc.poll()
+                    if code is not None and record is not None:
+                        record.error = _also(
+                            record.error, f"dispatcher-{i} exited by itself ({code}): {service.log}"
+                        )
+                        self._restart_dispatcher(i)
                 alive = all(s.proc.poll() is None for s in self.targets.services)
                 answering = await asyncio.gather(*(_answers(s) for s in self.targets.services))
                 if alive and all(answering) and self.watch.leader() is not None:
                     return
                 await asyncio.sleep(self.config.poll_s)
+
+
+def _also(error: str | None, more: str) -> str:
+    return more if not error else f"{error}; {more}"
 
 
 async def _answers(service: ServiceProcess) -> bool:
