@@ -6,7 +6,8 @@ At run time (:class:`Chaos`) faults never overlap: a fault waits until the previ
 recovered and everything is back (both dispatchers up, every pilot registered, servers serving)
 plus ``settle_s``; a fault so delayed keeps its planned time in the record next to its actual one.
 
-Recovery, from the kill (the driver polls ``/readyz`` of both dispatchers every 50 ms):
+Recovery, from the kill (the driver polls ``/readyz`` of both dispatchers every 50 ms from just
+before a kill until everything has settled, every 0.5 s between faults):
 
 * dispatcher: a dispatcher (the standby) is ready — ``failover_s``;
 * PostgreSQL, broker: a dispatcher is ready after the server was started again, and stays ready
@@ -58,6 +59,13 @@ class ChaosConfig:
     steady_s: float = 2.0
     recovery_timeout_s: float = 60.0
     poll_s: float = 0.05
+    """/readyz of both dispatchers this often from a kill until everything has settled ..."""
+    idle_poll_s: float = 0.5
+    """... and this often between faults (only to see that never two are ready at once):
+    the driver's loop, which keeps the night's schedule, is spared 40 requests a second."""
+    pilot_poll_s: float = 0.1
+    """The leader's /status (a snapshot of its state: heavier) this often while pilots are
+    awaited."""
 
 
 @dataclass(frozen=True)
@@ -122,12 +130,18 @@ class FaultRecord:
 
 
 class ReadyWatch:
-    """``/readyz`` of every dispatcher every ``poll_s``; counts looks with two ready at once."""
+    """``/readyz`` of every dispatcher every ``poll_s`` while ``fast``, else every ``idle_s``;
+    counts looks with two ready at once."""
 
-    def __init__(self, services: Callable[[], list[ServiceProcess]], poll_s: float) -> None:
+    def __init__(
+        self, services: Callable[[], list[ServiceProcess]], poll_s: float, idle_s: float
+    ) -> None:
         self._services = services
         self.poll_s = poll_s
-        self.ready: list[bool] = []
+        self.idle_s = idle_s
+        self.fast = False
+        self.codes: list[int] = []
+        """Per dispatcher: the last /readyz status (200 leads, 503 stands by), 0 no answer."""
         self.double_ready = 0
         self.looks = 0
         self._changed = asyncio.Event()
@@ -147,23 +161,30 @@ class ReadyWatch:
         if self._http is not None:
             await self._http.close()
 
-    async def _probe(self, service: ServiceProcess) -> bool:
+    @property
+    def ready(self) -> list[bool]:
+        return [code == 200 for code in self.codes]
+
+    def all_answer(self) -> bool:
+        return bool(self.codes) and all(self.codes)
+
+    async def _probe(self, service: ServiceProcess) -> int:
         assert self._http is not None
         try:
             async with self._http.get(f"http://127.0.0.1:{service.http_port}/readyz") as resp:
-                return resp.status == 200
+                return resp.status
         except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
+            return 0
 
     async def _run(self) -> None:
         while True:
-            self.ready = list(await asyncio.gather(*(self._probe(s) for s in self._services())))
+            self.codes = list(await asyncio.gather(*(self._probe(s) for s in self._services())))
             self.looks += 1
             if sum(self.ready) > 1:
                 self.double_ready += 1
-                log.warning("two dispatchers ready at once", ready=self.ready)
+                log.warning("two dispatchers ready at once", codes=self.codes)
             self._changed.set()
-            await asyncio.sleep(self.poll_s)
+            await asyncio.sleep(self.poll_s if self.fast else self.idle_s)
 
     async def next_look(self) -> list[bool]:
         self._changed.clear()
@@ -243,7 +264,8 @@ class Chaos:
     @contextlib.asynccontextmanager
     async def running(self, clock: Callable[[], float]) -> AsyncIterator[Chaos]:
         self._clock = clock
-        async with ReadyWatch(lambda: self.targets.services, self.config.poll_s) as watch:
+        c = self.config
+        async with ReadyWatch(lambda: self.targets.services, c.poll_s, c.idle_poll_s) as watch:
             self.watch = watch
             self._task = task = asyncio.get_running_loop().create_task(self._run())
             try:
@@ -259,10 +281,16 @@ class Chaos:
                         self._restart_dispatcher(self.targets.services.index(service))
 
     async def _run(self) -> None:
+        assert self.watch is not None
+        self.watch.fast = True
         await self._settled()  # the standby is up before the first fault
         ready_at = 0.0
         for fault in self.schedule:
-            await asyncio.sleep(max(0.0, max(fault.wall, ready_at) - self._clock()))
+            self.watch.fast = False
+            wake = max(fault.wall, ready_at)
+            await asyncio.sleep(max(0.0, wake - self.config.idle_poll_s - self._clock()))
+            self.watch.fast = True  # a fresh look at 50 ms before the kill
+            await asyncio.sleep(max(0.0, wake - self._clock()))
             record = await self._inject(fault)
             log.info("chaos fault recovered", **record.as_dict())
             try:
@@ -345,7 +373,7 @@ class Chaos:
             if replacement in connected and len(connected) >= t.pilots:
                 record.recovery_s = self._since(record)
                 return
-            await asyncio.sleep(self.config.poll_s)
+            await asyncio.sleep(self.config.pilot_poll_s)
 
     async def _server(self, record: FaultRecord, name: str) -> None:
         assert self.watch is not None
@@ -373,7 +401,7 @@ class Chaos:
 
     async def _pilots_back(self, record: FaultRecord) -> None:
         while len(await self._leader_pilots()) < self.targets.pilots:
-            await asyncio.sleep(self.config.poll_s)
+            await asyncio.sleep(self.config.pilot_poll_s)
         record.pilots_back_s = self._since(record)
 
     async def _settled(self, record: FaultRecord | None = None) -> None:
@@ -391,23 +419,13 @@ class Chaos:
                         )
                         self._restart_dispatcher(i)
                 alive = all(s.proc.poll() is None for s in self.targets.services)
-                answering = await asyncio.gather(*(_answers(s) for s in self.targets.services))
-                if alive and all(answering) and self.watch.leader() is not None:
+                await self.watch.next_look()
+                if alive and self.watch.all_answer() and self.watch.leader() is not None:
                     return
-                await asyncio.sleep(self.config.poll_s)
 
 
 def _also(error: str | None, more: str) -> str:
     return more if not error else f"{error}; {more}"
-
-
-async def _answers(service: ServiceProcess) -> bool:
-    """Whether ``/readyz`` answers at all (200 leader, 503 standby)."""
-    try:
-        await service.ready()
-        return True
-    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
-        return False
 
 
 def failover_s(records: list[FaultRecord]) -> float | None:
