@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from prompt.aio import cancel_and_wait
 from prompt.stack import Stack
 from prompt.testing.processes import ServiceProcess, start_dispatcher
 
@@ -154,10 +155,7 @@ class ReadyWatch:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._http is not None:
             await self._http.close()
 
@@ -273,9 +271,7 @@ class Chaos:
             finally:
                 if not task.done():
                     log.warning("chaos schedule not finished by the end of the replay")
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
                 for service in self.targets.services:  # a restart still due: do it now
                     if service.proc.poll() is not None:
                         self._restart_dispatcher(self.targets.services.index(service))

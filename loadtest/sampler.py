@@ -23,6 +23,8 @@ import aiohttp
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from prompt.aio import cancel_and_wait
+
 ROLES = ("dispatcher", "pilots", "broker", "postgres")
 MiB = 1024 * 1024
 
@@ -144,10 +146,7 @@ class Sampler:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._http is not None:
             await self._http.close()
 
