@@ -346,7 +346,8 @@ class Chaos:
 
     async def _restart_later(self, record: FaultRecord, index: int) -> None:
         await asyncio.sleep(record.down_s)
-        self._restart_dispatcher(index)
+        # Off the loop: Popen waits for the child's exec, long on a loaded machine.
+        await asyncio.to_thread(self._restart_dispatcher, index)
         record.restarted_s = self._since(record)
 
     def _restart_dispatcher(self, index: int) -> None:
@@ -359,9 +360,9 @@ class Chaos:
     async def _pilot(self, record: FaultRecord, victim: str) -> None:
         t = self.targets
         record.target = victim
-        t.kill_pilot(victim)  # SIGKILL and reap: milliseconds
+        await asyncio.to_thread(t.kill_pilot, victim)
         await asyncio.sleep(record.down_s)
-        replacement = t.replace_pilot(victim)
+        replacement = await asyncio.to_thread(t.replace_pilot, victim)
         record.restarted_s = self._since(record)
         record.target = f"{victim} (replaced by {replacement})"
         while True:
@@ -413,7 +414,7 @@ class Chaos:
                         record.error = _also(
                             record.error, f"dispatcher-{i} exited by itself ({code}): {service.log}"
                         )
-                        self._restart_dispatcher(i)
+                        await asyncio.to_thread(self._restart_dispatcher, i)
                 alive = all(s.proc.poll() is None for s in self.targets.services)
                 await self.watch.next_look()
                 if alive and self.watch.all_answer() and self.watch.leader() is not None:

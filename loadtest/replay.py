@@ -215,7 +215,12 @@ async def prepare_data(night: Night, config: ReplayConfig, run_id: str) -> list[
     return [row for v in visits for row in read_truth(root, v) if row["detector"] in detectors]
 
 
-async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> ReplayResult:
+async def run_replay(
+    settings: Settings, night: Night, config: ReplayConfig, stack: Stack | None = None
+) -> ReplayResult:
+    """``stack``: the caller's running stack, if it holds one over ``settings.state_dir``
+    (chaos restarts its servers: another object over the same stack would go on with their
+    old processes)."""
     run_id = uuid.uuid4().hex[:8]
     truth: list[dict[str, Any]] = []
     if config.payload == "alert":
@@ -223,7 +228,8 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
         truth = await prepare_data(night, config, run_id)
     # The stack with the base settings: it creates the default topics, not this run's (which
     # are made below, with their own partition counts).
-    stack = Stack(settings)
+    given = stack is not None
+    stack = stack or Stack(settings)
     topics = Topics().suffixed(run_id)
     settings = settings.with_overrides(
         topics=topics,
@@ -233,8 +239,9 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
         dispatch_mode=config.mode,
         affinity_wait_s=settings.affinity_wait_s / config.timing.speed,
     )
-    was_running = bool(stack.status()["running"])
-    endpoints = await stack.up()
+    # A stack given is the caller's, up already: not started, not stopped here.
+    was_running = given or bool(stack.status()["running"])
+    endpoints = stack.endpoints() if given else await stack.up()
     status = stack.status()
     if config.chaos is not None and status.get("broker_storage") != "s3":
         if not was_running:

@@ -30,7 +30,7 @@ async def test_chaos_replay_loses_nothing_and_measures_every_recovery(
         log_dir=tmp_path / "logs", quiet=True, image_partitions=4,
         chaos=ChaosConfig(seed=11, gap_s=4.0),
     )  # fmt: skip
-    result = await run_replay(prompt_durable_stack.settings, night, config)
+    result = await run_replay(prompt_durable_stack.settings, night, config, prompt_durable_stack)
     summary = summarize_replay(result)
     print("\n".join(summary_lines(summary)))
     assert summary["jobs"] == 8 * 24
