@@ -253,6 +253,18 @@ class Chaos:
         """``chaos.running(clock)``, or nothing to do."""
         return chaos.running(clock) if chaos is not None else contextlib.nullcontext()
 
+    async def standby_up(self, timeout: float = 60.0) -> None:
+        """Until every dispatcher answers ``/readyz`` (the standby with 503)."""
+        async with asyncio.timeout(timeout):
+            for service in self.targets.services:
+                while True:
+                    if service.proc.poll() is not None:
+                        raise RuntimeError(f"prompt serve exited at start-up: {service.log}")
+                    with contextlib.suppress(aiohttp.ClientError, OSError, ValueError):
+                        await service.ready()
+                        break
+                    await asyncio.sleep(0.1)
+
     async def wait_done(self) -> None:
         """Until every fault of the schedule has been injected and has recovered (or timed
         out): the replay's events may all be sent before the last one's turn."""

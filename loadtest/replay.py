@@ -365,6 +365,8 @@ async def _drive(
         for i in range(config.pilots):
             spawn(f"replay-{run_id}-{i}")
         await service.wait_pilots(config.pilots)
+        if chaos is not None:  # its start-up, CPU-bound, is over before the night's first event
+            await chaos.standby_up()
         groups = {v.index: group_id_for(night, v, run_id) for v in night.visits}
         bucket = config.data_uri if config.payload == "alert" else "s3://rubin-summit"
         progress = Progress(plan, config.quiet, s)
