@@ -131,7 +131,26 @@ def _chaos(result: ReplayResult, relaxed: set[tuple[int, int]]) -> dict[str, Any
         "jobs_relaxed": len(relaxed),
         "events_excused_from_driver_lag": len(excused),
         "excused_driver_lag_max_s": round(max(excused), 3) if excused else None,
+        "slowest_jobs": _slowest(result),
     }
+
+
+def _slowest(result: ReplayResult, count: int = 5) -> list[dict[str, Any]]:
+    """The jobs that took longest from image arrival to completion, with their timeline
+    (wall s after the replay's start), to place them against the faults."""
+    t0 = result.started_wall
+    index_of = {g: i for i, g in result.group_of.items()}
+    ran = [r for r in result.records if r["imageArrived"] is not None and r["completed"]]
+    ran.sort(key=lambda r: r["completed"] - r["imageArrived"], reverse=True)
+    stamps = ("imageArrived", "imageConsumed", "dispatched", "started", "finished", "completed")
+    return [
+        {
+            "visit": index_of.get(r["groupId"]), "detector": r["detector"], "job": r["jobId"],
+            "status": r["status"], "attempt": r["attempt"], "pilot": r["pilot"],
+            **{k: None if r[k] is None else round(r[k] - t0, 3) for k in stamps},
+        }
+        for r in ran[:count]
+    ]  # fmt: skip
 
 
 SERVICE_ROLES = ("dispatcher", "pilots")
@@ -300,6 +319,12 @@ def _chaos_lines(summary: dict[str, Any]) -> list[str]:
             f"  {f['kind']:<10} {f['target']:<34} at {f['wall_s']:7.2f} s wall "
             f"({f['night_s']:7.1f} night s)  down {f['down_s']} s  recovery {f['recovery_s']} s  "
             f"pilots back {f['pilots_back_s']} s" + (f"  ERROR {f['error']}" if f["error"] else "")
+        )
+    for j in summary["slowest_jobs"][:3]:
+        lines.append(
+            f"  slow: visit {j['visit']} detector {j['detector']} ({j['status']}, attempt "
+            f"{j['attempt']}) image {j['imageArrived']} s -> consumed {j['imageConsumed']} -> "
+            f"started {j['started']} -> completed {j['completed']} s wall"
         )
     lines += [f"CHAOS FAILED: {p}" for p in summary["chaos_problems"]]
     return lines
