@@ -111,7 +111,6 @@ class Pilot:
         self.running: dict[int, Message] = {}
         self.queued: deque[Message] = deque()
         self.unacked: dict[JobKey, Message] = {}
-        self.done: OrderedDict[JobKey, None] = OrderedDict()
         self.preloaded: OrderedDict[int, bool] = OrderedDict()  # job -> all calibs were cached
         self._preloading: dict[int, asyncio.Task[None]] = {}
         self._load_locks: dict[CacheKey, asyncio.Lock] = {}
@@ -296,9 +295,7 @@ class Pilot:
             elif kind == p.PRELOAD:
                 self._spawn(self._preload(msg))
             elif kind == p.ACK:
-                key = (msg["job"], msg["attempt"])
-                self.unacked.pop(key, None)
-                self._remember_done(key)
+                self._on_ack(msg)
             elif kind == p.DRAIN:
                 self.draining = True
             else:
@@ -379,10 +376,13 @@ class Pilot:
     def free_slots(self) -> int:
         return self.pool.idle - self._reserved
 
-    def _remember_done(self, key: JobKey) -> None:
-        self.done[key] = None
-        while len(self.done) > 10_000:
-            self.done.popitem(last=False)
+    def _on_ack(self, msg: Message) -> None:
+        """The dispatcher has the result, or did not want it. Nothing of the job is kept: a
+        later push of the same attempt comes from a new leader whose state had the job still
+        waiting when this result came (the old leader's push of it was lost with its term), so
+        it acked and dropped it; the job must run again, or it would wait on this pilot until
+        the next failover."""
+        self.unacked.pop((msg["job"], msg["attempt"]), None)
 
     def _on_job(self, msg: Message) -> None:
         key = (msg["job"], msg["attempt"])
@@ -391,7 +391,7 @@ class Pilot:
                 self.channel.send(self.unacked[key])
             return
         running = self.running.get(msg["job"])
-        if (running is not None and running["attempt"] == msg["attempt"]) or key in self.done:
+        if running is not None and running["attempt"] == msg["attempt"]:
             return  # a repeated push of a job this pilot already has
         if any(q["job"] == msg["job"] and q["attempt"] == msg["attempt"] for q in self.queued):
             return
