@@ -391,8 +391,9 @@ class Chaos:
         record.target = f"{name} (pid {server.pid})"
         await asyncio.to_thread(stack.kill, name)  # type: ignore[arg-type]
         await asyncio.sleep(record.down_s)
-        # On a loop of its own: nothing of the restart may hold up the driver's schedule.
-        await asyncio.to_thread(asyncio.run, stack.start(name))  # type: ignore[arg-type]
+        # On this thread: a server tied to its parent (a test's stack) dies when the thread
+        # that started it ends (PR_SET_PDEATHSIG), so not from a worker thread.
+        await stack.start(name)  # type: ignore[arg-type]
         record.restarted_s = self._since(record)
         restarted = self._clock()
         since = await self.watch.ready_from(self._clock, self.config.steady_s)
