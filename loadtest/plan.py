@@ -121,3 +121,43 @@ def build_plan(
     end_wall = events[-1].wall if events else 0.0
     kill_times = sorted(rng.uniform(0.1, 0.8) * end_wall for _ in range(faults.kill_pilots))
     return Plan(events, expected, canceled, missing, late, kill_times, end_wall)
+
+
+FAULT_MARGIN_S = 60.0
+"""Night seconds either side of a fault's outage within which a visit counts as in flight."""
+
+
+def relaxed_for_faults(
+    plan: Plan, windows: list[tuple[float, float]], speed: float
+) -> tuple[dict[tuple[int, int], frozenset[str]], set[tuple[int, int]]]:
+    """The statuses each job may rightly end with when the service was hit by faults, and the
+    jobs whose set was relaxed. ``windows``: (kill, recovered) in wall s after the start.
+
+    A job is in flight around a fault when one of its events (an image, its visit's cancel) is
+    planned within [kill - 60 night s, recovered + 60 night s]. Such a job may also end
+    ``late`` (its images wait out the outage: already allowed for every delivered image), and a
+    canceled visit's job ``expired`` (its cancel, sent during a broker outage, may reach the
+    service after the job's image timeout). Never lost, never twice, never ``failed``; a
+    missing image stays ``expired``; every other job keeps the strict set."""
+    margin = FAULT_MARGIN_S / speed
+
+    def in_flight(wall: float) -> bool:
+        return any(start - margin <= wall <= end + margin for start, end in windows)
+
+    expected = dict(plan.expected)
+    relaxed: set[tuple[int, int]] = set()
+    for e in plan.events:
+        if e.kind == NEXT_VISIT or not in_flight(e.wall):
+            continue
+        keys = (
+            [(e.visit.index, e.detector)]
+            if e.kind == IMAGE
+            else [k for k in expected if k[0] == e.visit.index]
+        )
+        for key in keys:
+            extra = {"expired"} if e.visit.index in plan.canceled else {"late"}
+            if key in plan.missing:
+                extra = set()
+            expected[key] = expected[key] | extra
+            relaxed.add(key)
+    return expected, relaxed

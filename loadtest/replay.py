@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import random
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,10 @@ from typing import Any
 from pydantic import SecretStr
 
 from loadtest.brokerprobe import FetchProbe, PartitionSize, partition_sizes
+from loadtest.chaos import Chaos, ChaosConfig, ChaosTargets, FaultRecord, chaos_schedule
 from loadtest.checks import LagTolerance
 from loadtest.plan import CANCEL, IMAGE, NEXT_VISIT, Faults, Plan, Timing, build_plan
+from loadtest.progress import HeapFreezer, Progress
 from loadtest.sampler import Sample, Sampler
 from loadtest.schedule import Night, PlannedVisit
 from loadtest.science import read_all
@@ -33,7 +33,7 @@ from prompt.kafka import ensure_topics
 from prompt.sim import SimConfig, SimVisit, generate, read_truth
 from prompt.stack import Stack, owned_stack, resolve_endpoints
 from prompt.stack.scratch import scratch_database
-from prompt.stats import percentile
+from prompt.stack.stack import ServerName
 from prompt.tasks import TaskFile
 from prompt.testing.processes import PilotProcess, ServiceProcess, start_dispatcher, start_pilot
 from prompt.testing.tasks import alert_task_file, apply_task_file, sleep_task_file
@@ -76,6 +76,9 @@ class ReplayConfig:
     sample_s: float = 2.0
     """Wall seconds between samples of memory, CPU, lag and broker fetch cost."""
     lag_tolerance: LagTolerance = field(default_factory=LagTolerance)
+    chaos: ChaosConfig | None = None
+    """Seeded kills of the leading dispatcher (of two), a pilot, PostgreSQL and the broker
+    (see :mod:`loadtest.chaos`); needs the embedded stack with ``broker_storage="s3"``."""
 
     @property
     def data_uri(self) -> str:
@@ -103,6 +106,13 @@ class ReplayResult:
     """(wall s since start, ms) of every next-visit's acknowledged produce."""
     samples: list[Sample] = field(default_factory=list)
     topic_sizes: list[PartitionSize] = field(default_factory=list)
+    faults: list[FaultRecord] = field(default_factory=list)
+    """chaos: every fault injected, with its recovery."""
+    excused_lags: list[tuple[int, float]] = field(default_factory=list)
+    """chaos: (visit index, wall lag s) of events whose send a broker outage delayed; kept out
+    of ``driver_lags`` and so of the validity check."""
+    double_ready: int = 0
+    """chaos: looks at both dispatchers' /readyz that found both ready (must be 0)."""
 
 
 def replay_task(config: ReplayConfig, name: str) -> TaskFile:
@@ -164,68 +174,6 @@ broker a listing of every batch there (~14,500 by the end of a night at 20x: ~12
 slope measured in docs/night.md, E1)."""
 
 
-class Progress:
-    """Progress lines every 2 s. Incremental: it looks only at completions new since the last
-    line (a pass over every record so far, on the driver's loop, grew with the night and made
-    the driver late), and the p99 is over the most recent ``RECENT`` jobs."""
-
-    RECENT = 5000
-
-    def __init__(self, plan: Plan, quiet: bool, speed: float) -> None:
-        self.plan = plan
-        self.quiet = quiet
-        self.speed = speed
-        self.last = 0.0
-        self._seen = 0
-        self._per_visit: dict[str, int] = {}
-        self._done = 0
-        self._recent: deque[float] = deque(maxlen=self.RECENT)
-
-    def maybe_print(
-        self, collector: CompletionCollector, visits_total: int, force: bool = False
-    ) -> None:
-        now = time.monotonic()
-        if self.quiet or (not force and now - self.last < 2.0):
-            return
-        self.last = now
-        jobs_per_visit = max(1, self.plan.jobs // max(1, visits_total))
-        new = collector.records[self._seen :]
-        self._seen += len(new)
-        for r in new:
-            n = self._per_visit[r["groupId"]] = self._per_visit.get(r["groupId"], 0) + 1
-            if n == jobs_per_visit:
-                self._done += 1
-            if r["latencySeconds"] is not None:
-                self._recent.append(r["latencySeconds"] * self.speed)
-        p99 = percentile(sorted(self._recent), 99) if self._recent else float("nan")
-        print(
-            f"  visits done {self._done}/{visits_total}  completions {len(collector.by_job)}/"
-            f"{self.plan.jobs}  p99 latency (last {len(self._recent)} jobs) {p99:.1f} s",
-            flush=True,
-        )
-
-
-class HeapFreezer:
-    """Every ``every_s``, moves all the driver holds so far (by morning ~193k completion
-    records) out of the garbage collector's sight: a full collection over them took ~140 ms
-    (measured on 193k such dicts), a stall of the driver's schedule that grew with the night.
-    The records stay referenced until the end anyway; ``stop`` gives them back to the GC."""
-
-    def __init__(self, every_s: float = 10.0) -> None:
-        self.every_s = every_s
-        self._last = time.monotonic()
-
-    def maybe(self) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.every_s:
-            gc.freeze()
-            self._last = now
-
-    @staticmethod
-    def stop() -> None:
-        gc.unfreeze()
-
-
 def for_alerts(night: Night) -> Night:
     """The night as the synthetic observatory observes it: each visit pointed at the centre of
     its template region, one snap (the simulator makes one raw per visit and detector)."""
@@ -267,7 +215,12 @@ async def prepare_data(night: Night, config: ReplayConfig, run_id: str) -> list[
     return [row for v in visits for row in read_truth(root, v) if row["detector"] in detectors]
 
 
-async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> ReplayResult:
+async def run_replay(
+    settings: Settings, night: Night, config: ReplayConfig, stack: Stack | None = None
+) -> ReplayResult:
+    """``stack``: the caller's running stack, if it holds one over ``settings.state_dir``
+    (chaos restarts its servers: another object over the same stack would go on with their
+    old processes)."""
     run_id = uuid.uuid4().hex[:8]
     truth: list[dict[str, Any]] = []
     if config.payload == "alert":
@@ -276,6 +229,7 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
     # The stack with the base settings: it creates the default topics, not this run's (which
     # are made below, with their own partition counts).
     base = settings
+    stack = stack or Stack(base)
     topics = Topics().suffixed(run_id)
     settings = settings.with_overrides(
         topics=topics,
@@ -285,8 +239,14 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
         dispatch_mode=config.mode,
         affinity_wait_s=settings.affinity_wait_s / config.timing.speed,
     )
-    async with owned_stack(base) as endpoints:
-        status = Stack(base).status()
+    async with owned_stack(base, stack) as endpoints:
+        status = stack.status()
+        if config.chaos is not None and status.get("broker_storage") != "s3":
+            raise ValueError(
+                "--chaos restarts the embedded broker, which must keep its topics in S3: the "
+                f"stack in {stack.state_dir} runs a broker with {status.get('broker_storage')!r} "
+                "storage (stop it, or use another --state-dir; PROMPT_BROKER_STORAGE=s3)"
+            )
         server_pids = {
             role: [status[role]["pid"]]
             for role in ("broker", "postgres")
@@ -301,7 +261,7 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
                 partitions={topics.image_arrival: config.image_partitions},
             )  # fmt: skip
             await apply_task_file(run_settings, replay_task(config, f"replay-{run_id}"))
-            result = await _drive(run_settings, night, config, run_id, server_pids)
+            result = await _drive(run_settings, night, config, run_id, server_pids, stack)
             result.topic_sizes = await partition_sizes(
                 run_settings, endpoints.kafka_bootstrap,
                 [topics.next_visit, topics.image_arrival, topics.completion],
@@ -314,7 +274,11 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
 
 def _pilot_args(config: ReplayConfig) -> tuple[str, ...]:
     s = config.timing.speed
-    args = ["--calib-load-ms", f"{1000 * config.calib_load_s / s:.3f}", "--heartbeat-s", "0.25"]
+    # A new leader waits the heartbeat timeout for the pilots that held jobs: they must try
+    # to reach it more often than that (the default pause grows to 5 s).
+    reconnect = f"{config.heartbeat_timeout_s / 3:.3f}"
+    args = ["--calib-load-ms", f"{1000 * config.calib_load_s / s:.3f}", "--heartbeat-s", "0.25",
+            "--reconnect-max-s", reconnect]  # fmt: skip
     if config.mode == "cold":
         args += ["--poll-s", f"{config.poll_s / s:.4f}"]
     if config.payload == "alert":
@@ -329,35 +293,71 @@ async def _drive(
     config: ReplayConfig,
     run_id: str,
     server_pids: dict[str, list[int]],
+    stack: Stack,
 ) -> ReplayResult:
     s = config.timing.speed
     plan = build_plan(night, list(config.detectors), config.timing, config.faults, config.seed)
     rng = random.Random(config.seed + 1)
     log_dir = config.log_dir / run_id
-    service: ServiceProcess = start_dispatcher(settings, log_dir=log_dir)
+    # With chaos, two under one name: the first leads, the second stands by.
+    services: list[ServiceProcess] = [
+        start_dispatcher(settings, log_dir=log_dir, log_name="dispatcher-0")
+    ]
+    service = services[0]
     pilots: dict[str, PilotProcess] = {}
     kills: list[tuple[float, str]] = []
     lags: list[tuple[int, float]] = []
+    excused: list[tuple[int, float]] = []
     produce_ms: list[tuple[float, float]] = []
+    chaos: Chaos | None = None
 
     def pids() -> dict[str, list[int]]:
-        live = [p.proc.pid for p in pilots.values() if p.proc.poll() is None]
-        return {"dispatcher": [service.proc.pid], "pilots": live, **server_pids}
+        live = [p.proc.pid for p in list(pilots.values()) if p.proc.poll() is None]
+        servers = dict(server_pids)
+        if chaos is not None:  # a restarted server has a new pid
+            roles: tuple[ServerName, ...] = ("broker", "postgres")
+            servers = {r: [pid] for r in roles if r in servers and (pid := stack.server(r).pid)}
+        return {"dispatcher": [d.proc.pid for d in services], "pilots": live, **servers}
+
+    def metrics_url() -> str:
+        leader = chaos.watch.leader() if chaos and chaos.watch else 0
+        return f"http://127.0.0.1:{services[leader or 0].http_port}/metrics"
 
     bootstrap = resolve_endpoints(settings).kafka_bootstrap
     probe = FetchProbe(settings, bootstrap, settings.topics.image_arrival)
 
     def spawn(pid: str) -> None:
+        addresses = ",".join(f"127.0.0.1:{d.pilot_port}" for d in services)
         pilots[pid] = start_pilot(
-            settings, service.pilot_port, pid, slots=config.slots, log_dir=log_dir,
+            settings, addresses, pid, slots=config.slots, log_dir=log_dir,
             extra_args=_pilot_args(config),
         )  # fmt: skip
 
+    def kill_pilot(pid: str) -> None:
+        pilots.pop(pid).kill()
+        kills.append((time.time(), pid))
+
+    def replace_pilot(pid: str) -> str:
+        """Chaos: under a new id, so that its registration is unambiguous."""
+        new = f"{pid.split('.')[0]}.r{len(kills)}"
+        spawn(new)
+        return new
+
     try:
         await service.wait_ready()
+        if config.chaos is not None:
+            services.append(start_dispatcher(settings, log_dir=log_dir, log_name="dispatcher-1"))
+            chaos = Chaos(
+                chaos_schedule(plan.end_wall, config.chaos),
+                ChaosTargets(stack, services, lambda: sorted(pilots), kill_pilot, replace_pilot,
+                             connected_ids, config.pilots, log_dir, settings),
+                config.chaos, s,
+            )  # fmt: skip
         for i in range(config.pilots):
             spawn(f"replay-{run_id}-{i}")
         await service.wait_pilots(config.pilots)
+        if chaos is not None:  # its start-up, CPU-bound, is over before the night's first event
+            await chaos.standby_up()
         groups = {v.index: group_id_for(night, v, run_id) for v in night.visits}
         bucket = config.data_uri if config.payload == "alert" else "s3://rubin-summit"
         progress = Progress(plan, config.quiet, s)
@@ -365,13 +365,14 @@ async def _drive(
         await probe.start()
         sampler = Sampler(
             interval_s=config.sample_s, clock=lambda: time.monotonic() - t0, pids=pids,
-            metrics_url=f"http://127.0.0.1:{service.http_port}/metrics",
+            metrics_url=metrics_url,
             image_topic=settings.topics.image_arrival, fetch_ms=probe.fetch_ms,
         )  # fmt: skip
         async with (
             CompletionCollector(settings, poll_interval_s=COLLECT_EVERY_S) as collector,
             EventSender(settings) as sender,
             sampler,
+            Chaos.maybe(chaos, lambda: time.monotonic() - t0),
         ):
             t0 = time.monotonic()
             started_wall = time.time()
@@ -399,7 +400,7 @@ async def _drive(
                     freezer.maybe()
                 v = event.visit
                 sent = time.monotonic() - t0
-                lags.append((v.index, sent - event.wall))
+                await sender.resend_failed()
                 if event.kind == NEXT_VISIT:
                     start_wall = started_wall + (event.wall + config.timing.lead_s / s)
                     nv = nvs.setdefault(
@@ -417,8 +418,13 @@ async def _drive(
                         obs_id=key.split("/")[2], day_obs=v.day_obs, event_time=time.time(),
                     )  # fmt: skip
                     await sender.image(arrival)
+                delayed = chaos is not None and chaos.broker_disturbed(event.wall)
+                (excused if delayed else lags).append((v.index, sent - event.wall))
             for _, pid in restarts:  # replacements still due
                 spawn(pid)
+            if chaos is not None:
+                await chaos.wait_done()
+            await sender.resend_failed()
             # Everything sent: wait for every job's completion (expiry bounds the wait).
             grace = (max(v.visit_time for v in night.visits) * 2 + 60 + 4 * config.run_mean_s) / s
             deadline = time.monotonic() + grace + 30
@@ -435,7 +441,8 @@ async def _drive(
         await probe.stop()
         for pilot in pilots.values():
             await asyncio.to_thread(pilot.stop_if_running)
-        await asyncio.to_thread(service.stop_if_running)
+        for d in services:
+            await asyncio.to_thread(d.stop_if_running)
     return ReplayResult(
         night=night,
         config=config,
@@ -449,4 +456,11 @@ async def _drive(
         driver_lags=lags,
         produce_ms=produce_ms,
         samples=sampler.samples,
+        faults=chaos.records if chaos else [],
+        excused_lags=excused,
+        double_ready=chaos.watch.double_ready if chaos and chaos.watch else 0,
     )
+
+
+async def connected_ids(service: ServiceProcess) -> set[str]:
+    return {p["id"] for p in (await service.status())["pilots"] if p["connected"]}

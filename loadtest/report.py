@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,7 @@ def write_report(result: ReplayResult, summary: dict[str, Any], out_dir: Path) -
         else '<p class="valid" id="validity">valid: every event was sent within the driver-lag '
         "tolerance</p>"
     )  # fmt: skip
+    chaos = _chaos_table(summary)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>prompt replay report</title>
 <style>
@@ -253,6 +255,7 @@ figure {{ display: inline-block; margin: 0.5em; }}
 <h1>prompt replay report</h1>
 {validity}
 <p class="summary">{lines}</p>
+{chaos}
 {figures}
 <h2>Summary</h2><table>{rows}</table>
 <script>
@@ -267,3 +270,37 @@ window.addEventListener("load", () => {{
     path = out_dir / "report.html"
     path.write_text(page)
     return path
+
+
+CHAOS_COLUMNS = (
+    ("kind", "kind"), ("target", "target"), ("wall_s", "killed at (wall s)"),
+    ("night_s", "killed at (night s)"), ("utc", "killed at (UTC)"), ("down_s", "down (s)"),
+    ("restarted_s", "restarted after (s)"), ("recovery_s", "recovered after (s)"),
+    ("pilots_back_s", "pilots back after (s)"), ("leader_after", "leader after"),
+    ("error", "error"),
+)  # fmt: skip
+
+
+def _chaos_table(summary: dict[str, Any]) -> str:
+    """Every fault injected and its recovery (a chaos replay only)."""
+    if "chaos_faults" not in summary:
+        return ""
+
+    def cell(key: str, value: Any) -> str:
+        if key == "utc" and isinstance(value, float):
+            value = (
+                time.strftime("%H:%M:%S", time.gmtime(value)) + f".{int(value * 1000) % 1000:03d}"
+            )
+        return f"<td>{html.escape('' if value is None else str(value))}</td>"
+
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in CHAOS_COLUMNS)
+    rows = "".join(
+        "<tr>" + "".join(cell(key, f.get(key)) for key, _ in CHAOS_COLUMNS) + "</tr>"
+        for f in summary["chaos_faults"]
+    )
+    verdict = "ok" if summary["chaos_ok"] else "FAILED: " + "; ".join(summary["chaos_problems"])
+    return (
+        f'<h2 id="chaos">Faults (chaos): failover {summary["failover_s"]} s, limit '
+        f"{summary['failover_limit_s']} s — {html.escape(verdict)}</h2>"
+        f"<table><tr>{head}</tr>{rows}</table>"
+    )

@@ -23,6 +23,8 @@ import aiohttp
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from prompt.aio import cancel_and_wait
+
 ROLES = ("dispatcher", "pilots", "broker", "postgres")
 MiB = 1024 * 1024
 
@@ -113,7 +115,7 @@ class Sampler:
         interval_s: float,
         clock: Callable[[], float],
         pids: Callable[[], dict[str, list[int]]],
-        metrics_url: str | None,
+        metrics_url: str | Callable[[], str] | None,  # callable: the leader's, as it changes
         image_topic: str,
         fetch_ms: Callable[[], Any] | None = None,
         memory_every: int = 5,
@@ -144,10 +146,7 @@ class Sampler:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._http is not None:
             await self._http.close()
 
@@ -186,8 +185,9 @@ class Sampler:
     async def _scrape(self, s: Sample) -> None:
         if self._metrics_url is None or self._http is None:
             return
+        url = self._metrics_url() if callable(self._metrics_url) else self._metrics_url
         try:
-            async with self._http.get(self._metrics_url) as resp:
+            async with self._http.get(url) as resp:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError):
             return

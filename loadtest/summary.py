@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from loadtest.chaos import FAILOVER_LIMIT_S, failover_s
 from loadtest.checks import TrendLimits, driver_lag_by_visit, tenths, trend, validity
+from loadtest.plan import relaxed_for_faults
 from loadtest.replay import ReplayResult
 from loadtest.science import evaluate
 from prompt.stats import percentile, summarize
@@ -45,10 +47,12 @@ def summarize_replay(result: ReplayResult) -> dict[str, Any]:
     plan = result.plan
     by_key = _by_key(result)
     statuses = Counter(r["status"] for r in result.records)
+    windows = [(f.wall_s, f.wall_s + (f.recovery_s or 0.0)) for f in result.faults]
+    expected, relaxed = relaxed_for_faults(plan, windows, speed)
     lost = [k for k in plan.expected if k not in by_key]
     duplicates = sum(len(v) - 1 for v in by_key.values())
     wrong = sorted(
-        (k, v[0]["status"]) for k, v in by_key.items() if v[0]["status"] not in plan.expected[k]
+        (k, v[0]["status"]) for k, v in by_key.items() if v[0]["status"] not in expected[k]
     )
     delivered = [k for k in plan.expected if k[0] not in plan.canceled and k not in plan.missing]
     ran = [r for r in result.records if r["latencySeconds"] is not None]
@@ -97,7 +101,56 @@ def summarize_replay(result: ReplayResult) -> dict[str, Any]:
         "units": "latency_s, driver_lag_s: night seconds (wall x speed); overhead_ms, "
         "dispatch_ms, stage_ms_mean, produce_ms, broker_fetch_ms: real wall milliseconds",
         **(_science(result) if result.config.payload == "alert" else {}),
+        **(_chaos(result, relaxed) if result.config.chaos is not None else {}),
     }
+
+
+def _chaos(result: ReplayResult, relaxed: set[tuple[int, int]]) -> dict[str, Any]:
+    """Every fault injected and its recovery; what the faults excused."""
+    faults = result.faults
+    failover = failover_s(faults)
+    kinds = {f.kind for f in faults}
+    problems = [f"{f.kind} at {f.wall_s:.1f} s: {f.error}" for f in faults if f.error]
+    problems += [f"no {k} fault was injected" for k in ("dispatcher", "pilot", "postgres",
+                                                         "broker") if k not in kinds]  # fmt: skip
+    if result.double_ready:
+        problems.append(f"{result.double_ready} looks found two dispatchers ready at once")
+    if failover is not None and failover > FAILOVER_LIMIT_S:
+        problems.append(f"failover {failover} s over {FAILOVER_LIMIT_S} s")
+    excused = [max(0.0, lag) * result.config.timing.speed for _, lag in result.excused_lags]
+    return {
+        "chaos_faults": [f.as_dict() for f in faults],
+        "failover_s": failover,
+        "failover_limit_s": FAILOVER_LIMIT_S,
+        "recovery_s_by_kind": {
+            k: [f.recovery_s for f in faults if f.kind == k] for k in sorted(kinds)
+        },
+        "chaos_ok": not problems,
+        "chaos_problems": problems,
+        "double_ready_looks": result.double_ready,
+        "jobs_relaxed": len(relaxed),
+        "events_excused_from_driver_lag": len(excused),
+        "excused_driver_lag_max_s": round(max(excused), 3) if excused else None,
+        "slowest_jobs": _slowest(result),
+    }
+
+
+def _slowest(result: ReplayResult, count: int = 5) -> list[dict[str, Any]]:
+    """The jobs that took longest from image arrival to completion, with their timeline
+    (wall s after the replay's start), to place them against the faults."""
+    t0 = result.started_wall
+    index_of = {g: i for i, g in result.group_of.items()}
+    ran = [r for r in result.records if r["imageArrived"] is not None and r["completed"]]
+    ran.sort(key=lambda r: r["completed"] - r["imageArrived"], reverse=True)
+    stamps = ("imageArrived", "imageConsumed", "dispatched", "started", "finished", "completed")
+    return [
+        {
+            "visit": index_of.get(r["groupId"]), "detector": r["detector"], "job": r["jobId"],
+            "status": r["status"], "attempt": r["attempt"], "pilot": r["pilot"],
+            **{k: None if r[k] is None else round(r[k] - t0, 3) for k in stamps},
+        }
+        for r in ran[:count]
+    ]  # fmt: skip
 
 
 SERVICE_ROLES = ("dispatcher", "pilots")
@@ -247,7 +300,34 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"max {ovh['max']}",
         *_night_lines(summary),
         *_science_lines(summary),
+        *_chaos_lines(summary),
     ]
+
+
+def _chaos_lines(summary: dict[str, Any]) -> list[str]:
+    if "chaos_faults" not in summary:
+        return []
+    lines = [
+        f"chaos: {len(summary['chaos_faults'])} faults  failover_s {summary['failover_s']} "
+        f"(limit {summary['failover_limit_s']})  jobs relaxed {summary['jobs_relaxed']}  "
+        f"events excused from driver lag {summary['events_excused_from_driver_lag']} "
+        f"(max {summary['excused_driver_lag_max_s']} night s)  two ready at once "
+        f"{summary['double_ready_looks']}"
+    ]
+    for f in summary["chaos_faults"]:
+        lines.append(
+            f"  {f['kind']:<10} {f['target']:<34} at {f['wall_s']:7.2f} s wall "
+            f"({f['night_s']:7.1f} night s)  down {f['down_s']} s  recovery {f['recovery_s']} s  "
+            f"pilots back {f['pilots_back_s']} s" + (f"  ERROR {f['error']}" if f["error"] else "")
+        )
+    for j in summary["slowest_jobs"][:3]:
+        lines.append(
+            f"  slow: visit {j['visit']} detector {j['detector']} ({j['status']}, attempt "
+            f"{j['attempt']}) image {j['imageArrived']} s -> consumed {j['imageConsumed']} -> "
+            f"started {j['started']} -> completed {j['completed']} s wall"
+        )
+    lines += [f"CHAOS FAILED: {p}" for p in summary["chaos_problems"]]
+    return lines
 
 
 def _night_lines(summary: dict[str, Any]) -> list[str]:

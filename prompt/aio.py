@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 
 def cancellation_pending() -> bool:
@@ -20,3 +22,12 @@ def cancellation_pending() -> bool:
 def reraise_if_cancelled() -> None:
     if cancellation_pending():
         raise asyncio.CancelledError
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has ended (its own cancellation swallowed)."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

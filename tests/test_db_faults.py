@@ -124,3 +124,17 @@ async def test_a_resurrection_that_fails_while_images_arrive_loses_none(
         # Two inserts of the visit: the one that failed, and the retry that went in.
         assert await fault_hits(env.settings, "visits") == 2
         assert Counter(r["status"] for r in env.completions.records) == {"finished": 189}
+
+
+def test_a_connection_broken_mid_operation_is_a_transient_database_error() -> None:
+    """What asyncpg raised when PostgreSQL was killed while the pool reset a released
+    connection (``prompt replay --chaos``): not the statement's fault; before it counted as a
+    database error at all, it escaped the writer and ended ``prompt serve``."""
+    import asyncpg
+
+    from prompt.store.errors import DB_ERRORS, is_data_error, is_transient
+
+    exc = asyncpg.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress"
+    )
+    assert isinstance(exc, DB_ERRORS) and is_transient(exc) and not is_data_error(exc)

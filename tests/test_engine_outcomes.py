@@ -99,6 +99,21 @@ def test_failure_after_the_deadline_is_not_retried_no_budget_left() -> None:
     assert sim.jobs_sent("p1") == [job_id]
 
 
+def test_job_of_a_pilot_lost_after_the_deadline_runs_again_and_ends_late() -> None:
+    """Losing the pilot is not the job's doing: no budget left is no reason to give up."""
+    sim = Sim([make_task(detectors="0", deadline_s=30, max_attempts=3)], heartbeat_timeout_s=5)
+    sim.register("p2", slots=1)
+    sim, job_id = pushed(sim, "p1", slots=1)
+    sim.clock.advance(31)
+    sim.heartbeat("p2")
+    sim.sweep()  # p1 silent for 31 s: lost, after the job's deadline
+    retry = sim.sent("p2")[-1]
+    assert (retry["job"], retry["attempt"]) == (job_id, 2)
+    sim.finish("p2", job_id)
+    done = sim.completion(job_id)
+    assert (done["status"], done["attempt"]) == ("late", 2)
+
+
 def test_job_whose_frame_is_over_the_limit_fails_unsendable_at_once() -> None:
     payload = {"kind": "python", "entry": "pipe:run", "params": {"blob": "x" * MAX_FRAME}}
     sim, job_id = pushed(Sim([make_task(detectors="0-1", payload=payload)]), "p1")

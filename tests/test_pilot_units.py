@@ -142,3 +142,23 @@ def test_a_job_waits_for_the_busy_pilot_holding_its_calibrations() -> None:
     assert pilots.choose_for_run(job, frozenset(), may_leave_cache=True) is cold
     holder.connected = False
     assert not pilots.holder_waiting(job)
+
+
+def test_a_push_of_an_attempt_whose_result_was_acked_runs_again() -> None:
+    """After a failover the new leader may ack (and drop) a result of a job it still has
+    waiting for its image, then push that same attempt: the pilot must run it again (it used
+    to ignore the push as a repeat, and the job waited until the next failover)."""
+    from prompt.pilot import Pilot, PilotConfig, SyntheticCalibrations
+
+    pilot = Pilot(
+        PilotConfig(dispatcher="127.0.0.1:1", token="t", pilot_id="p", slots=1),
+        SyntheticCalibrations(nbytes=16, load_s=0.0),
+    )
+    job = {"t": "job", "job": 7, "attempt": 1}
+    pilot.unacked[(7, 1)] = {"t": "finished", "job": 7, "attempt": 1, "ok": True}
+    pilot._on_ack({"t": "ack", "job": 7, "attempt": 1})
+    assert pilot.unacked == {}
+    pilot._on_job(job)  # the pool is not started: no free slot, so it waits in the queue
+    assert list(pilot.queued) == [job]
+    pilot._on_job(job)  # a repeat of a push it holds is still ignored
+    assert list(pilot.queued) == [job]

@@ -29,6 +29,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--calib-kb", type=float, default=64, help="synthetic calibration size")
     p.add_argument("--calib-load-ms", type=float, default=50, help="synthetic calib load time")
     p.add_argument("--heartbeat-s", type=float, default=1.0)
+    p.add_argument(
+        "--reconnect-max-s", type=float, default=5.0,
+        help="longest pause between attempts to reach a dispatcher; keep it under the "
+        "dispatcher's heartbeat timeout (PROMPT_HEARTBEAT_TIMEOUT_S), within which a new "
+        "leader waits for the pilots that held jobs",
+    )  # fmt: skip
     p.add_argument("--worker-nice", type=int, default=5, help="CPU niceness of workers vs pilot")
     p.add_argument("--poll-s", type=float, help="poll for work every N s (cold baseline only)")
     p.add_argument(
@@ -66,6 +72,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         slots=args.slots,
         labels=tuple(args.label),
         heartbeat_s=args.heartbeat_s,
+        reconnect_max_s=args.reconnect_max_s,
         cache_bytes=int(args.cache_mb * 1024 * 1024),
         warm_imports=tuple(args.warm_import),
         worker_nice=args.worker_nice,

@@ -71,6 +71,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     faults.add_argument("--late-images", type=float, default=0.0)
     faults.add_argument("--canceled-visits", type=float, default=0.0)
     faults.add_argument("--kill-pilots", type=int, default=0)
+    faults.add_argument(
+        "--chaos", action="store_true",
+        help="seeded kill -9 of the leading dispatcher (of two), a pilot, PostgreSQL and the "
+        "broker, each restarted; every recovery measured, failover must be <= 5 s (exit 5). "
+        "Starts the embedded stack with the broker stored in S3",
+    )  # fmt: skip
+    faults.add_argument("--chaos-seed", type=int, help="the chaos schedule's seed (default --seed)")
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write the summary here")
     out.add_argument("--out", type=Path, help="report directory (default .prompt/replay/<time>)")
@@ -83,6 +90,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from loadtest.chaos import ChaosConfig
     from loadtest.checks import LagTolerance
     from loadtest.plan import Faults, Timing
     from loadtest.replay import ReplayConfig, run_replay
@@ -108,6 +116,9 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
         detectors = tuple(Detectors(include=args.detectors).resolve())
     except (OSError, ValueError) as exc:
         return fail(str(exc))
+    if args.chaos:  # the broker is killed: it must keep its topics (see docs)
+        settings = settings.with_overrides(broker_storage="s3")
+    chaos_seed = args.chaos_seed if args.chaos_seed is not None else args.seed
     out_dir = args.out or Path(".prompt/replay") / time.strftime("%Y%m%d-%H%M%S")
     modes = ["warm", "cold"] if args.mode == "both" else [args.mode]
     summaries: dict[str, dict[str, Any]] = {}
@@ -124,10 +135,14 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
             log_dir=out_dir / "logs", data_root=args.data_root, quiet=args.quiet,
             image_partitions=args.image_partitions, sample_s=args.sample_s,
             lag_tolerance=LagTolerance(p99_s=args.max_driver_lag_s),
+            chaos=ChaosConfig(seed=chaos_seed) if args.chaos else None,
         )  # fmt: skip
         print(f"replaying {len(night.visits)} visits x {len(detectors)} detectors "
               f"({mode}, {speed}x) ...", flush=True)  # fmt: skip
-        result = asyncio.run(run_replay(settings, night, config))
+        try:
+            result = asyncio.run(run_replay(settings, night, config))
+        except ValueError as exc:
+            return fail(str(exc))
         summary = summarize_replay(result)
         report = write_report(result, summary, out_dir / mode if len(modes) > 1 else out_dir)
         summaries[mode] = summary
@@ -149,11 +164,14 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 def exit_code(summaries: list[dict[str, Any]], *, soak: bool) -> int:
     """3: a run is invalid (the harness fell behind its schedule: nothing else is judged);
-    1: jobs lost, duplicated or with a wrong status; 4: soak and the trend check failed."""
+    1: jobs lost, duplicated or with a wrong status; 5: chaos and a fault not recovered, or
+    failover over its limit; 4: soak and the trend check failed."""
     if any(s.get("valid") is False for s in summaries):
         return 3
     if any(s["lost"] or s["duplicates"] or s["wrong_status"] for s in summaries):
         return 1
+    if any(s.get("chaos_ok") is False for s in summaries):
+        return 5
     if soak and any(not s["trend"]["ok"] for s in summaries):
         return 4
     return 0

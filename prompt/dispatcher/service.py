@@ -123,7 +123,11 @@ async def serve(
             except* (DependencyError, WriterGaveUpError, KafkaError, OSError) as group:
                 log.error("term ended: a dependency is unreachable; contending again",
                           reason=_first(group))  # fmt: skip
-            except* (asyncpg.PostgresError, asyncpg.InterfaceError) as group:
+            except* (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as group:
                 if not all(is_transient(e) for e in _leaves(group)):
                     raise  # refused statements at start-up are a bug or a schema problem
                 log.error("term ended: database error; contending again", reason=_first(group))

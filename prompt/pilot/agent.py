@@ -1,8 +1,10 @@
 """``prompt pilot``: one persistent connection to the dispatcher, warm workers, a calib cache.
 
 Results are kept until the dispatcher acknowledges them (after it has stored them), and are
-sent again after a reconnect; a job pushed twice with the same (job, attempt) runs once. So a
-dropped connection or a dispatcher restart neither loses nor repeats a run.
+sent again after a reconnect; a job pushed twice with the same (job, attempt) runs once while
+the pilot holds it (queued, running, or its result not yet acknowledged). So a dropped
+connection or a dispatcher restart loses no run, and repeats one only when a new leader dropped
+its result (see ``_on_ack``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import socket
 import ssl
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,7 +106,6 @@ class Pilot:
         self.running: dict[int, Message] = {}
         self.queued: deque[Message] = deque()
         self.unacked: dict[JobKey, Message] = {}
-        self.done: OrderedDict[JobKey, None] = OrderedDict()
         self._background: set[asyncio.Task[Any]] = set()
         self._reserved = 0
         """Slots held by jobs whose calibrations are still loading."""
@@ -285,9 +286,7 @@ class Pilot:
             elif kind == p.PRELOAD:
                 self._spawn(self._preload(msg))
             elif kind == p.ACK:
-                key = (msg["job"], msg["attempt"])
-                self.unacked.pop(key, None)
-                self._remember_done(key)
+                self._on_ack(msg)
             elif kind == p.DRAIN:
                 self.draining = True
             else:
@@ -310,10 +309,13 @@ class Pilot:
     def free_slots(self) -> int:
         return self.pool.idle - self._reserved
 
-    def _remember_done(self, key: JobKey) -> None:
-        self.done[key] = None
-        while len(self.done) > 10_000:
-            self.done.popitem(last=False)
+    def _on_ack(self, msg: Message) -> None:
+        """The dispatcher has the result, or did not want it. Nothing of the job is kept: a
+        later push of the same attempt comes from a new leader whose state had the job still
+        waiting when this result came (the old leader's push of it was lost with its term), so
+        it acked and dropped it; the job must run again, or it would wait on this pilot until
+        the next failover."""
+        self.unacked.pop((msg["job"], msg["attempt"]), None)
 
     def _on_job(self, msg: Message) -> None:
         key = (msg["job"], msg["attempt"])
@@ -322,7 +324,7 @@ class Pilot:
                 self.channel.send(self.unacked[key])
             return
         running = self.running.get(msg["job"])
-        if (running is not None and running["attempt"] == msg["attempt"]) or key in self.done:
+        if running is not None and running["attempt"] == msg["attempt"]:
             return  # a repeated push of a job this pilot already has
         if any(q["job"] == msg["job"] and q["attempt"] == msg["attempt"] for q in self.queued):
             return

@@ -12,12 +12,15 @@ from prompt.stack.state import Endpoints
 
 
 @contextlib.asynccontextmanager
-async def owned_stack(settings: Settings) -> AsyncIterator[Endpoints]:
+async def owned_stack(settings: Settings, stack: Stack | None = None) -> AsyncIterator[Endpoints]:
     """The stack's endpoints for the block. A stack already running (started by
     ``prompt stack up``, another tool, a test session) is used and left running; otherwise
     the embedded servers the settings ask for are started and stopped on the way out, however
-    the block ends. Servers named by ``PROMPT_*`` URLs are never the stack's to stop."""
-    stack = Stack(settings)
+    the block ends. Servers named by ``PROMPT_*`` URLs are never the stack's to stop.
+
+    ``stack``: the caller's object for it, when the caller also kills and restarts its servers
+    (another object over the same state directory would go on with their old processes)."""
+    stack = stack or Stack(settings)
     started_here = not stack.status()["running"]
     endpoints = await stack.up()
     try:

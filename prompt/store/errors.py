@@ -29,7 +29,12 @@ def is_transient(exc: BaseException) -> bool:
         return state[:2] in _TRANSIENT_CLASSES
     if isinstance(exc, asyncpg.exceptions.DataError):
         return False  # the client could not encode a value: the data, not the link
-    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)
+    # InternalClientError: a connection broken mid-operation (seen when PostgreSQL was killed
+    # while the pool reset a released connection: "cannot switch to state 15; another
+    # operation (2) is in progress"): that connection is unusable, a fresh one is not.
+    return isinstance(
+        exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError
+    )
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -39,5 +44,11 @@ def is_data_error(exc: BaseException) -> bool:
     )
 
 
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+DB_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 """What talking to the database can raise; ``is_transient`` sorts them."""

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
+from prompt.aio import cancel_and_wait
 from prompt.config import Settings
 from prompt.events import (
     AvroCodec,
@@ -23,6 +25,13 @@ from prompt.events import (
 from prompt.kafka import aiokafka_options, consumer_options
 from prompt.stack import resolve_endpoints
 from prompt.timescale import TAI_MINUS_UTC_S
+
+log = structlog.get_logger(__name__)
+
+SEND_RETRY_S = 30.0
+"""A send the broker refused (it was down, or restarting) is tried again for this long."""
+RESEND_ATTEMPTS = 3
+"""An image whose delivery failed (after the producer's own retries) is sent this often."""
 
 
 def next_visit_for(
@@ -58,10 +67,17 @@ def next_visit_for(
 
 
 class EventSender:
-    """Publishes next-visit, cancel and image-arrival events as the observatory would."""
+    """Publishes next-visit, cancel and image-arrival events as the observatory would.
+
+    It rides out a broker outage of a few seconds: an acknowledged send that fails is tried
+    again (for ``SEND_RETRY_S``), an image whose delivery failed is kept for
+    :meth:`resend_failed` (the camera's side would resend it too)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.failed_images: list[tuple[ImageArrival, int]] = []
+        """(arrival, attempts so far)"""
+        self.resent = 0
         registry = LocalSchemaRegistry()
         self.nv_codec = AvroCodec(EventKind.NEXT_VISIT, registry)
         self.cancel_codec = AvroCodec(EventKind.NEXT_VISIT_CANCELED, registry)
@@ -79,34 +95,63 @@ class EventSender:
     async def __aexit__(self, *exc: object) -> None:
         await self.producer.stop()
 
+    async def _send_and_wait(self, topic: str, value: bytes, key: bytes | None) -> None:
+        deadline = time.monotonic() + SEND_RETRY_S
+        while True:
+            try:
+                await self.producer.send_and_wait(topic, value, key=key)
+                return
+            except KafkaError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("send failed, trying again", topic=topic, error=repr(exc))
+                self.resent += 1
+                await asyncio.sleep(0.2)
+
     async def next_visit(self, nv: NextVisit) -> None:
-        await self.producer.send_and_wait(
+        await self._send_and_wait(
             self.settings.topics.next_visit,
             self.nv_codec.encode(nv.to_record()),
-            key=nv.group_id.encode(),
+            nv.group_id.encode(),
         )
 
     async def cancel(self, group_id: str, script_sal_index: int = 1) -> None:
         record = {"groupId": group_id, "scriptSalIndex": script_sal_index}
-        await self.producer.send_and_wait(
+        await self._send_and_wait(
             self.settings.topics.next_visit_canceled,
             self.cancel_codec.encode(record),
-            key=group_id.encode(),
+            group_id.encode(),
         )
 
     async def raw(self, topic: str, value: bytes) -> None:
         await self.producer.send_and_wait(topic, value)
 
-    async def image(self, arrival: ImageArrival) -> None:
+    async def image(self, arrival: ImageArrival, attempt: int = 1) -> None:
         """Enqueue one image-arrival (delivery is not awaited: a camera does not wait).
 
         Keyed by visit (group id): a visit's images stay in order on one partition, and a
         burst leaves as one batch to one partition rather than a sliver to each."""
-        await self.producer.send(
+        delivery = await self.producer.send(
             self.settings.topics.image_arrival,
             self.image_codec.encode(arrival.to_record()),
             key=arrival.group_id.encode(),
         )
+
+        def delivered(future: asyncio.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("image delivery failed", error=repr(future.exception()))
+                self.failed_images.append((arrival, attempt))
+
+        delivery.add_done_callback(delivered)
+
+    async def resend_failed(self) -> None:
+        """Send again the images whose delivery failed (cheap when there are none)."""
+        while self.failed_images:
+            arrival, attempts = self.failed_images.pop(0)
+            if attempts >= RESEND_ATTEMPTS:
+                raise RuntimeError(f"image not delivered in {attempts} attempts: {arrival}")
+            self.resent += 1
+            await self.image(arrival, attempts + 1)
 
     async def images(self, arrivals: list[ImageArrival]) -> None:
         """One burst: all enqueued at once, then flushed."""
@@ -159,6 +204,8 @@ class CompletionCollector:
     _consumer: AIOKafkaConsumer | None = None
     _task: asyncio.Task[None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _next: dict[int, int] = field(default_factory=dict)
+    """partition -> the next offset not yet read"""
 
     async def __aenter__(self) -> CompletionCollector:
         opts = consumer_options(
@@ -166,7 +213,11 @@ class CompletionCollector:
             resolve_endpoints(self.settings).kafka_bootstrap,
             latency_critical=False,
         )
-        self._consumer = AIOKafkaConsumer(**opts, enable_auto_commit=False)
+        # After a broker restart a position may be out of range: read again from the start,
+        # skipping the offsets already read (so nothing is missed nor counted twice).
+        self._consumer = AIOKafkaConsumer(
+            **opts, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         await self._consumer.start()
         topic = self.settings.topics.completion
         tps = [TopicPartition(topic, p) for p in self._consumer.partitions_for_topic(topic) or []]
@@ -185,11 +236,16 @@ class CompletionCollector:
         try:
             while True:
                 batch = await self._consumer.getmany(timeout_ms=200)
-                for msgs in batch.values():
+                for tp, msgs in batch.items():
                     for msg in msgs:
+                        if msg.offset < self._next.get(tp.partition, 0):
+                            continue
+                        self._next[tp.partition] = msg.offset + 1
                         record = await codec.decode(msg.value)
                         self.records.append(record)
                         self.by_job.setdefault(record["jobId"], []).append(record)
+                        if len(self.records) % 200 == 0:
+                            await asyncio.sleep(0)  # a burst must not stall the caller's loop
                 if batch:
                     self._changed.set()
                 if self.poll_interval_s:
@@ -214,9 +270,6 @@ class CompletionCollector:
         return sum(len(v) - 1 for v in self.by_job.values())
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._consumer is not None:
             await self._consumer.stop()

@@ -67,9 +67,13 @@ class Lifecycle(Desk):
     def failed_attempt(
         self, job: Job, kind: FailureKind, error: str, *, then: Send | None = None
     ) -> None:
-        """An attempt failed: retried if its kind allows and attempts and budget remain."""
+        """An attempt failed: retried if its kind allows and attempts and budget remain. A lost
+        pilot (killed, or a failover lost the push) is the service's fault, not the job's: its
+        job runs again even past its deadline, and is reported late rather than failed."""
         job.error, job.failure = error, kind
-        budget_left = job.deadline is None or self.wall() < job.deadline
+        budget_left = (
+            kind is FailureKind.PILOT_LOST or job.deadline is None or self.wall() < job.deadline
+        )
         if kind.retriable and job.attempt < job.max_attempts and budget_left:
             log.info(
                 "job retried", group=job.visit.nv.group_id, detector=job.detector, job=job.id,
