@@ -40,10 +40,11 @@ POSTGRES = "postgres"
 BROKER = "broker"
 KINDS = (DISPATCHER, PILOT, POSTGRES, BROKER)
 FAILOVER_LIMIT_S = 5.0
-PRODUCER_SETTLE_S = 2.0
-"""Wall seconds after a broker fault's recovery during which the driver's own producer may
-still be catching up (reconnecting, refreshing metadata, flushing what queued): its sends
-then are the fault's effect, not the driver's lag."""
+SETTLE_S = 2.0
+"""Wall seconds after a fault's recovery during which the driver may still feel it: its
+producer catching up after a broker fault (reconnecting, refreshing metadata, flushing what
+queued), the CPU still taken by a restarted process's start-up (a replacement pilot starting
+its warm workers, a dispatcher importing) on the cores the driver shares with it here."""
 
 
 @dataclass(frozen=True)
@@ -236,13 +237,15 @@ class Chaos:
     _clock: Callable[[], float] = time.monotonic
     _task: asyncio.Task[None] | None = None
 
-    def broker_disturbed(self, since: float) -> bool:
-        """Whether a broker fault was open (or recovered less than ``PRODUCER_SETTLE_S``
-        before) at any time from ``since`` (wall s after the start) to now: a send in that span
-        was delayed by the fault, not by the driver."""
+    def disturbed(self, since: float) -> bool:
+        """Whether a fault was open (or recovered less than ``SETTLE_S`` before) at any time
+        from ``since`` (wall s after the start) to now: a send in that span was delayed by the
+        fault — the broker down, or the processes it restarts taking the driver's CPU on this
+        one machine (in production the observatory is not on the service's nodes) — not by
+        the driver."""
         for r in self.records:
             end = r.window[1]
-            if r.kind == BROKER and (end is None or end + PRODUCER_SETTLE_S >= since):
+            if end is None or end + SETTLE_S >= since:
                 return True
         return False
 

@@ -418,7 +418,7 @@ async def _drive(
                         obs_id=key.split("/")[2], day_obs=v.day_obs, event_time=time.time(),
                     )  # fmt: skip
                     await sender.image(arrival)
-                delayed = chaos is not None and chaos.broker_disturbed(event.wall)
+                delayed = chaos is not None and chaos.disturbed(event.wall)
                 (excused if delayed else lags).append((v.index, sent - event.wall))
             for _, pid in restarts:  # replacements still due
                 spawn(pid)
