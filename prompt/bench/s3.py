@@ -1,0 +1,244 @@
+"""``prompt bench s3``: S3 client candidates on a real S3 server (the embedded SeaweedFS).
+
+The pipeline's three access patterns, each timed per client: a GET of one calibration-sized
+object (256x256 float32 FITS, ~260 KB) and of a 4k x 4k one (~64 MB) to see the trend, the 4
+concurrent GETs of a detector's calibrations, and a ranged GET of the first FITS header
+blocks (what a bucket notification needs). Clients not installed are skipped: the service
+ships one (see docs/storage.md), the others are installed only to compare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prompt.config import S3Settings
+
+HEADER_BYTES = 2880 * 2
+
+Getter = Callable[[str], bytes]
+RangeGetter = Callable[[str, int], bytes]
+
+
+def _fits_bytes(n: int) -> bytes:
+    header = (
+        "SIMPLE  =                    T".ljust(80)
+        + "BITPIX  =                  -32".ljust(80)
+        + "NAXIS   =                    2".ljust(80)
+        + f"NAXIS1  = {n:20d}".ljust(80)
+        + f"NAXIS2  = {n:20d}".ljust(80)
+        + "END".ljust(80)
+    ).ljust(2880 * 2)
+    return header.encode() + bytes(4 * n * n)
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1e3 for s in samples)
+    return {
+        "median_ms": round(statistics.median(ms), 3),
+        "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 3),
+        "n": len(ms),
+    }
+
+
+def _time(fn: Callable[[], object], repeat: int) -> dict[str, float]:
+    fn()  # connection set-up and first-call costs are not the hot path's
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return _stats(samples)
+
+
+def _sync_patterns(
+    get: Getter, get_range: RangeGetter, keys: dict[str, Any], repeat: int
+) -> dict[str, Any]:
+    pool = concurrent.futures.ThreadPoolExecutor(4)
+    try:
+        return {
+            "get_260k": _time(lambda: get(keys["small"]), repeat),
+            "get_64m": _time(lambda: get(keys["large"]), max(3, repeat // 10)),
+            "get_4_concurrent": _time(lambda: list(pool.map(get, keys["four"])), repeat),
+            "range_header": _time(lambda: get_range(keys["small"], HEADER_BYTES), repeat),
+        }
+    finally:
+        pool.shutdown()
+
+
+def _obstore(s3: S3Settings, bucket: str) -> tuple[Getter, RangeGetter]:
+    from prompt.calib.s3store import S3Store
+
+    store = S3Store(s3, bucket)
+    return store.get, lambda key, n: store.get_range(key, 0, n)
+
+
+def _boto3(s3: S3Settings, bucket: str) -> tuple[Getter, RangeGetter]:
+    from prompt.s3 import client_options
+
+    boto3 = importlib.import_module("boto3")  # a candidate, not a dependency: untyped here
+    client = boto3.session.Session().client("s3", **client_options(s3))
+
+    def get(key: str) -> bytes:
+        return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    def get_range(key: str, n: int) -> bytes:
+        body = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{n - 1}")["Body"]
+        return bytes(body.read())
+
+    return get, get_range
+
+
+def _lsst_resources(s3: S3Settings, bucket: str) -> tuple[Getter, RangeGetter]:
+    import os
+
+    ResourcePath = importlib.import_module("lsst.resources").ResourcePath
+
+    os.environ["S3_ENDPOINT_URL"] = s3.endpoint_url or ""
+    os.environ["AWS_ACCESS_KEY_ID"] = s3.access_key_id or ""
+    os.environ["AWS_SECRET_ACCESS_KEY"] = (
+        s3.secret_access_key.get_secret_value() if s3.secret_access_key else ""
+    )
+
+    def get(key: str) -> bytes:
+        return bytes(ResourcePath(f"s3://{bucket}/{key}").read())
+
+    def get_range(key: str, n: int) -> bytes:
+        return bytes(ResourcePath(f"s3://{bucket}/{key}").read(size=n))
+
+    return get, get_range
+
+
+async def _aiobotocore(s3: S3Settings, bucket: str, keys: dict[str, Any], repeat: int) -> Any:
+    from prompt.s3 import s3_client
+
+    async with s3_client(s3) as client:
+
+        async def get(key: str) -> bytes:
+            resp = await client.get_object(Bucket=bucket, Key=key)
+            async with resp["Body"] as body:
+                return await body.read()
+
+        async def get_range(key: str) -> bytes:
+            resp = await client.get_object(
+                Bucket=bucket, Key=key, Range=f"bytes=0-{HEADER_BYTES - 1}"
+            )
+            async with resp["Body"] as body:
+                return await body.read()
+
+        async def timed(fn: Callable[[], Any], n: int) -> dict[str, float]:
+            await fn()
+            samples = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await fn()
+                samples.append(time.perf_counter() - t0)
+            return _stats(samples)
+
+        async def four() -> None:
+            await asyncio.gather(*(get(k) for k in keys["four"]))
+
+        return {
+            "get_260k": await timed(lambda: get(keys["small"]), repeat),
+            "get_64m": await timed(lambda: get(keys["large"]), max(3, repeat // 10)),
+            "get_4_concurrent": await timed(four, repeat),
+            "range_header": await timed(lambda: get_range(keys["small"]), repeat),
+        }
+
+
+async def _obstore_async(s3: S3Settings, bucket: str, keys: dict[str, Any], repeat: int) -> Any:
+    from prompt.calib.s3store import S3Store
+
+    store = S3Store(s3, bucket)
+
+    async def timed(fn: Callable[[], Any], n: int) -> dict[str, float]:
+        await fn()
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await fn()
+            samples.append(time.perf_counter() - t0)
+        return _stats(samples)
+
+    async def four() -> None:
+        await asyncio.gather(*(store.get_async(k) for k in keys["four"]))
+
+    return {
+        "get_260k": await timed(lambda: store.get_async(keys["small"]), repeat),
+        "get_64m": await timed(lambda: store.get_async(keys["large"]), max(3, repeat // 10)),
+        "get_4_concurrent": await timed(four, repeat),
+        "range_header": await timed(
+            lambda: store.get_range_async(keys["small"], 0, HEADER_BYTES), repeat
+        ),
+    }
+
+
+SYNC = {"obstore": _obstore, "boto3": _boto3, "lsst-resources": _lsst_resources}
+ASYNC = {"aiobotocore": _aiobotocore, "obstore-async": _obstore_async}
+
+
+async def run_s3_bench(s3: S3Settings | None, repeat: int = 50) -> dict[str, Any]:
+    """Time every installed candidate on ``s3`` (None: a SeaweedFS server of its own)."""
+    if s3 is None:
+        from prompt.stack.seaweed import EmbeddedS3, stack_credentials
+
+        with tempfile.TemporaryDirectory(prefix="prompt-s3-bench-") as tmp:
+            data = Path(tmp) / "s3"
+            creds = stack_credentials(data)
+            server = EmbeddedS3(data, creds.access_key_id)
+            await server.start(tie_to_parent=True)
+            try:
+                own = S3Settings(
+                    endpoint_url=server.endpoint_url, access_key_id=creds.access_key_id,
+                    secret_access_key=creds.secret,  # type: ignore[arg-type]
+                )  # fmt: skip
+                return await run_s3_bench(own, repeat)
+            finally:
+                server.stop()
+    from prompt.s3 import ensure_buckets, s3_client
+
+    bucket = s3.bucket_calib
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    keys: dict[str, Any] = {
+        "small": f"{prefix}/small.fits",
+        "large": f"{prefix}/large.fits",
+        "four": [f"{prefix}/calib{i}.fits" for i in range(4)],
+    }
+    small, large = _fits_bytes(256), _fits_bytes(4096)
+    async with s3_client(s3) as client:
+        await ensure_buckets(client, s3)
+        put_s = []
+        for key in [keys["small"], *keys["four"]]:
+            t0 = time.perf_counter()
+            await client.put_object(Bucket=bucket, Key=key, Body=small)
+            put_s.append(time.perf_counter() - t0)
+        await client.put_object(Bucket=bucket, Key=keys["large"], Body=large)
+    result: dict[str, Any] = {
+        "endpoint": s3.endpoint_url,
+        "sizes": {"small": len(small), "large": len(large), "range": HEADER_BYTES},
+        "put_260k_aiobotocore": _stats(put_s),
+        "clients": {},
+    }
+    for name, make in SYNC.items():
+        try:
+            get, get_range = make(s3, bucket)
+        except ImportError as exc:
+            result["clients"][name] = f"not installed ({exc.name})"
+            continue
+        result["clients"][name] = await asyncio.to_thread(
+            _sync_patterns, get, get_range, keys, repeat
+        )
+    for name, run in ASYNC.items():
+        try:
+            result["clients"][name] = await run(s3, bucket, keys, repeat)
+        except ImportError as exc:
+            result["clients"][name] = f"not installed ({exc.name})"
+    return result
