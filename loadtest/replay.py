@@ -21,16 +21,17 @@ from pydantic import SecretStr
 
 from loadtest.brokerprobe import FetchProbe, PartitionSize, partition_sizes
 from loadtest.checks import LagTolerance
+from loadtest.images import calibrations_to_s3, image_publisher, storage_figures
 from loadtest.plan import CANCEL, IMAGE, NEXT_VISIT, Faults, Plan, Timing, build_plan
 from loadtest.sampler import Sample, Sampler
 from loadtest.schedule import Night, PlannedVisit
 from loadtest.science import read_all
 from prompt.calib.regions import region_of
-from prompt.config import Settings, Topics
-from prompt.events import ImageArrival, NextVisit
-from prompt.instruments import raw_key
+from prompt.config import S3Settings, Settings, Topics
+from prompt.events import NextVisit
 from prompt.kafka import ensure_topics
 from prompt.sim import SimConfig, SimVisit, generate, read_truth
+from prompt.sim.publish import store_prefix
 from prompt.stack import Stack, resolve_endpoints
 from prompt.stack.scratch import scratch_database
 from prompt.stats import percentile
@@ -76,10 +77,20 @@ class ReplayConfig:
     sample_s: float = 2.0
     """Wall seconds between samples of memory, CPU, lag and broker fetch cost."""
     lag_tolerance: LagTolerance = field(default_factory=LagTolerance)
+    images: str = "s3"
+    """How images arrive: ``s3`` (each raw PUT to the raws bucket, then its bucket
+    notification; alert calibrations and templates read from S3 too) or ``avro`` (Avro
+    image-arrival events naming ``file://`` raws; calibrations from files)."""
 
     @property
     def data_uri(self) -> str:
         return f"file://{self.data_root.resolve()}"
+
+    def calib_uri(self, s3: S3Settings) -> str:
+        """The alert payload's calibration store, as the pilots are given it."""
+        if self.images == "s3":
+            return f"s3://{s3.bucket_calib}/{store_prefix(self.sim)}"
+        return self.data_uri
 
 
 @dataclass
@@ -103,6 +114,8 @@ class ReplayResult:
     """(wall s since start, ms) of every next-visit's acknowledged produce."""
     samples: list[Sample] = field(default_factory=list)
     topic_sizes: list[PartitionSize] = field(default_factory=list)
+    storage: dict[str, Any] = field(default_factory=dict)
+    """images=s3: the PUTs and the dispatcher's ranged header reads (see storage_figures)."""
 
 
 def replay_task(config: ReplayConfig, name: str) -> TaskFile:
@@ -284,9 +297,20 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
         heartbeat_timeout_s=config.heartbeat_timeout_s,
         dispatch_mode=config.mode,
         affinity_wait_s=settings.affinity_wait_s / config.timing.speed,
+        raws_in_s3=config.images == "s3",
     )
     was_running = bool(stack.status()["running"])
     endpoints = await stack.up()
+    if config.images == "s3" and endpoints.s3 is None:
+        raise ValueError(
+            "images=s3: no S3 server (the database and broker are external: set "
+            "PROMPT_S3_ENDPOINT_URL and its credentials, or use --avro-images)"
+        )
+    if config.payload == "alert" and config.images == "s3" and endpoints.s3 is not None:
+        await calibrations_to_s3(
+            config.data_root.resolve(), config.calib_uri(endpoints.s3), endpoints.s3, config.sim,
+            quiet=config.quiet,
+        )  # fmt: skip
     status = stack.status()
     server_pids = {
         role: [status[role]["pid"]]
@@ -318,13 +342,13 @@ async def run_replay(settings: Settings, night: Night, config: ReplayConfig) -> 
             stack.down()
 
 
-def _pilot_args(config: ReplayConfig) -> tuple[str, ...]:
+def _pilot_args(config: ReplayConfig, settings: Settings) -> tuple[str, ...]:
     s = config.timing.speed
     args = ["--calib-load-ms", f"{1000 * config.calib_load_s / s:.3f}", "--heartbeat-s", "0.25"]
     if config.mode == "cold":
         args += ["--poll-s", f"{config.poll_s / s:.4f}"]
     if config.payload == "alert":
-        args += ["--calib-root", config.data_uri,
+        args += ["--calib-root", config.calib_uri(settings.s3),
                  "--warm-import", "prompt.pipeline.task"]  # fmt: skip
     return tuple(args)
 
@@ -356,7 +380,7 @@ async def _drive(
     def spawn(pid: str) -> None:
         pilots[pid] = start_pilot(
             settings, service.pilot_port, pid, slots=config.slots, log_dir=log_dir,
-            extra_args=_pilot_args(config),
+            extra_args=_pilot_args(config, settings),
         )  # fmt: skip
 
     try:
@@ -365,7 +389,6 @@ async def _drive(
             spawn(f"replay-{run_id}-{i}")
         await service.wait_pilots(config.pilots)
         groups = {v.index: group_id_for(night, v, run_id) for v in night.visits}
-        bucket = config.data_uri if config.payload == "alert" else "s3://rubin-summit"
         progress = Progress(plan, config.quiet, s)
         freezer = HeapFreezer()
         await probe.start()
@@ -379,6 +402,11 @@ async def _drive(
             EventSender(settings) as sender,
             sampler,
         ):
+            images = image_publisher(
+                config.images, settings, sender,
+                raws_from=config.data_root.resolve() if config.payload == "alert" else None,
+                avro_uri=config.data_uri if config.payload == "alert" else "s3://rubin-summit",
+            )  # fmt: skip
             t0 = time.monotonic()
             started_wall = time.time()
             kill_queue = list(plan.kill_times)
@@ -416,13 +444,8 @@ async def _drive(
                 elif event.kind == CANCEL:
                     await sender.cancel(groups[v.index], v.visit_id)
                 elif event.kind == IMAGE:
-                    key = raw_key("LSSTCam", v.day_obs, v.seq_num, event.detector)
-                    arrival = ImageArrival(
-                        instrument="LSSTCam", group_id=groups[v.index], snap=event.snap,
-                        detector=event.detector, uri=f"{bucket}/{key}",
-                        obs_id=key.split("/")[2], day_obs=v.day_obs, event_time=time.time(),
-                    )  # fmt: skip
-                    await sender.image(arrival)
+                    await images.publish(v, groups[v.index], event.detector, event.snap)
+            await images.drain()
             for _, pid in restarts:  # replacements still due
                 spawn(pid)
             # Everything sent: wait for every job's completion (expiry bounds the wait).
@@ -436,6 +459,7 @@ async def _drive(
             progress.maybe_print(collector, len(night.visits), force=True)
             records = list(collector.records)
             finished_wall = time.time()
+            storage = await storage_figures(images, f"http://127.0.0.1:{service.http_port}/metrics")
     finally:
         HeapFreezer.stop()
         await probe.stop()
@@ -455,4 +479,5 @@ async def _drive(
         driver_lags=lags,
         produce_ms=produce_ms,
         samples=sampler.samples,
+        storage=storage,
     )

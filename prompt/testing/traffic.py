@@ -108,6 +108,10 @@ class EventSender:
             key=arrival.group_id.encode(),
         )
 
+    async def notification(self, value: bytes, key: bytes) -> None:
+        """Enqueue one bucket notification (JSON), keyed by exposure, not awaiting delivery."""
+        await self.producer.send(self.settings.topics.image_arrival, value, key=key)
+
     async def images(self, arrivals: list[ImageArrival]) -> None:
         """One burst: all enqueued at once, then flushed."""
         topic = self.settings.topics.image_arrival
