@@ -59,6 +59,16 @@ def _time(fn: Callable[[], object], repeat: int) -> dict[str, float]:
     return _stats(samples)
 
 
+async def _atime(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
+    await fn()
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        await fn()
+        samples.append(time.perf_counter() - t0)
+    return _stats(samples)
+
+
 def _sync_patterns(
     get: Getter, get_range: RangeGetter, keys: dict[str, Any], repeat: int
 ) -> dict[str, Any]:
@@ -134,23 +144,14 @@ async def _aiobotocore(s3: S3Settings, bucket: str, keys: dict[str, Any], repeat
             async with resp["Body"] as body:
                 return await body.read()
 
-        async def timed(fn: Callable[[], Any], n: int) -> dict[str, float]:
-            await fn()
-            samples = []
-            for _ in range(n):
-                t0 = time.perf_counter()
-                await fn()
-                samples.append(time.perf_counter() - t0)
-            return _stats(samples)
-
         async def four() -> None:
             await asyncio.gather(*(get(k) for k in keys["four"]))
 
         return {
-            "get_260k": await timed(lambda: get(keys["small"]), repeat),
-            "get_64m": await timed(lambda: get(keys["large"]), max(3, repeat // 10)),
-            "get_4_concurrent": await timed(four, repeat),
-            "range_header": await timed(lambda: get_range(keys["small"]), repeat),
+            "get_260k": await _atime(lambda: get(keys["small"]), repeat),
+            "get_64m": await _atime(lambda: get(keys["large"]), max(3, repeat // 10)),
+            "get_4_concurrent": await _atime(four, repeat),
+            "range_header": await _atime(lambda: get_range(keys["small"]), repeat),
         }
 
 
@@ -159,33 +160,50 @@ async def _obstore_async(s3: S3Settings, bucket: str, keys: dict[str, Any], repe
 
     store = S3Store(s3, bucket)
 
-    async def timed(fn: Callable[[], Any], n: int) -> dict[str, float]:
-        await fn()
-        samples = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            await fn()
-            samples.append(time.perf_counter() - t0)
-        return _stats(samples)
-
     async def four() -> None:
         await asyncio.gather(*(store.get_async(k) for k in keys["four"]))
 
     return {
-        "get_260k": await timed(lambda: store.get_async(keys["small"]), repeat),
-        "get_64m": await timed(lambda: store.get_async(keys["large"]), max(3, repeat // 10)),
-        "get_4_concurrent": await timed(four, repeat),
-        "range_header": await timed(
+        "get_260k": await _atime(lambda: store.get_async(keys["small"]), repeat),
+        "get_64m": await _atime(lambda: store.get_async(keys["large"]), max(3, repeat // 10)),
+        "get_4_concurrent": await _atime(four, repeat),
+        "range_header": await _atime(
             lambda: store.get_range_async(keys["small"], 0, HEADER_BYTES), repeat
         ),
     }
+
+
+async def put_rate(
+    s3: S3Settings, bucket: str, count: int, concurrency: int = 32
+) -> dict[str, Any]:
+    """The replay's camera: ``count`` header-only objects (5,760 bytes) PUT with the service's
+    client, ``concurrency`` in flight. Can the night at 20x (376 k images) PUT each one?"""
+    from prompt.calib.s3store import S3Store
+
+    store = S3Store(s3, bucket)
+    body = _fits_bytes(0)[:HEADER_BYTES]
+    prefix = f"bench-put-{uuid.uuid4().hex[:8]}"
+    limit = asyncio.Semaphore(concurrency)
+    put_s: list[float] = []
+
+    async def one(i: int) -> None:
+        async with limit:
+            t0 = time.perf_counter()
+            await store.put_async(f"{prefix}/{i}.fits", body)
+            put_s.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    wall = time.perf_counter() - t0
+    return {"puts": count, "concurrency": concurrency, "per_s": round(count / wall, 1),
+            **_stats(put_s)}  # fmt: skip
 
 
 SYNC = {"obstore": _obstore, "boto3": _boto3, "lsst-resources": _lsst_resources}
 ASYNC = {"aiobotocore": _aiobotocore, "obstore-async": _obstore_async}
 
 
-async def run_s3_bench(s3: S3Settings | None, repeat: int = 50) -> dict[str, Any]:
+async def run_s3_bench(s3: S3Settings | None, repeat: int = 50, puts: int = 2000) -> dict[str, Any]:
     """Time every installed candidate on ``s3`` (None: a SeaweedFS server of its own)."""
     if s3 is None:
         from prompt.stack.seaweed import EmbeddedS3, stack_credentials
@@ -200,7 +218,7 @@ async def run_s3_bench(s3: S3Settings | None, repeat: int = 50) -> dict[str, Any
                     endpoint_url=server.endpoint_url, access_key_id=creds.access_key_id,
                     secret_access_key=creds.secret,  # type: ignore[arg-type]
                 )  # fmt: skip
-                return await run_s3_bench(own, repeat)
+                return await run_s3_bench(own, repeat, puts)
             finally:
                 server.stop()
     from prompt.s3 import ensure_buckets, s3_client
@@ -225,6 +243,7 @@ async def run_s3_bench(s3: S3Settings | None, repeat: int = 50) -> dict[str, Any
         "endpoint": s3.endpoint_url,
         "sizes": {"small": len(small), "large": len(large), "range": HEADER_BYTES},
         "put_260k_aiobotocore": _stats(put_s),
+        "put_header_only_obstore": await put_rate(s3, bucket, puts) if puts else None,
         "clients": {},
     }
     for name, make in SYNC.items():

@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "s3", help="S3 client candidates on SeaweedFS: calibration GETs, 4 at once, header ranges"
     )
     s3.add_argument("--repeat", type=int, default=50, help="samples per access pattern")
+    s3.add_argument("--puts", type=int, default=2000, help="header-only PUTs, 32 at once")
     s3.add_argument("--json", type=Path, help="also write the result here")
     p.set_defaults(handler=run)
 
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         from prompt.bench.s3 import run_s3_bench
 
         own = None if settings.s3.endpoint_url is None else settings.s3
-        return _report(asyncio.run(run_s3_bench(own, args.repeat)), args.json)
+        return _report(asyncio.run(run_s3_bench(own, args.repeat, args.puts)), args.json)
     from prompt.bench.dispatch import BenchShape, run_bench
 
     shape = BenchShape(
