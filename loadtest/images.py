@@ -105,13 +105,14 @@ class S3Images:
     async def publish(self, v: PlannedVisit, group_id: str, detector: int, snap: int) -> None:
         key = raw_key(INSTRUMENT, v.day_obs, exposure_seq(v, snap), detector)
         body = self._body(v, group_id, detector, snap)
-        await self._limit.acquire()  # bounded in flight: back-pressure on the driver if S3 lags
+        # Never waits: the driver keeps its schedule; a slow S3 shows as later notifications
+        # (and in put_ms), as a slow store would at the summit.
         task = asyncio.create_task(self._deliver(key, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, key: str, body: Callable[[], bytes]) -> None:
-        try:
+        async with self._limit:  # bounded in flight (and raws read from disk only then)
             data = body() if self.raws_from is None else await asyncio.to_thread(body)
             t0 = time.perf_counter()
             try:
@@ -120,13 +121,9 @@ class S3Images:
                 self.failed.append(key)
                 return
             self.put_ms.append((time.perf_counter() - t0) * 1e3)
-            self.bytes_put += len(data)
-            note = make_notification(
-                self.s3.bucket_raws, key, event_time=time.time(), size=len(data)
-            )
-            await self.sender.notification(note, key.split("/")[2].encode())
-        finally:
-            self._limit.release()
+        self.bytes_put += len(data)
+        note = make_notification(self.s3.bucket_raws, key, event_time=time.time(), size=len(data))
+        await self.sender.notification(note, key.split("/")[2].encode())
 
     async def drain(self) -> None:
         while self._tasks:
