@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prompt.calib.s3store import S3Store
 from prompt.config import S3Settings
 
 HEADER_BYTES = 2880 * 2
@@ -85,8 +86,6 @@ def _sync_patterns(
 
 
 def _obstore(s3: S3Settings, bucket: str) -> tuple[Getter, RangeGetter]:
-    from prompt.calib.s3store import S3Store
-
     store = S3Store(s3, bucket)
     return store.get, lambda key, n: store.get_range(key, 0, n)
 
@@ -156,8 +155,6 @@ async def _aiobotocore(s3: S3Settings, bucket: str, keys: dict[str, Any], repeat
 
 
 async def _obstore_async(s3: S3Settings, bucket: str, keys: dict[str, Any], repeat: int) -> Any:
-    from prompt.calib.s3store import S3Store
-
     store = S3Store(s3, bucket)
 
     async def four() -> None:
@@ -178,8 +175,6 @@ async def put_rate(
 ) -> dict[str, Any]:
     """The replay's camera: ``count`` header-only objects (5,760 bytes) PUT with the service's
     client, ``concurrency`` in flight. Can the night at 20x (376 k images) PUT each one?"""
-    from prompt.calib.s3store import S3Store
-
     store = S3Store(s3, bucket)
     body = _fits_bytes(0)[:HEADER_BYTES]
     prefix = f"bench-put-{uuid.uuid4().hex[:8]}"
@@ -197,6 +192,47 @@ async def put_rate(
     wall = time.perf_counter() - t0
     return {"puts": count, "concurrency": concurrency, "per_s": round(count / wall, 1),
             **_stats(put_s)}  # fmt: skip
+
+
+def preload_per_job(s3: S3Settings, detectors: int = 8, repeat: int = 5) -> dict[str, Any]:
+    """What a pilot's preload costs per job, S3 vs file: the simulator's 4 objects of a
+    detector (bias, dark, flat, template) loaded at once through ``StoreCalibrations`` (GET,
+    FITS parse, copy into shared memory) on 4 threads, as the pilot does; fresh source each
+    time (nothing cached)."""
+    from prompt.calib.objectstore import FileStore, ObjectStore
+    from prompt.calib.regions import region_of
+    from prompt.calib.source import StoreCalibrations
+    from prompt.sim import SimConfig, SimVisit, generate
+    from prompt.sim.publish import publish_calibrations, store_prefix
+
+    config = SimConfig(seed=3)
+    region = region_of(150.0, -30.0)
+    visit = SimVisit(20261123, 1, "bench", "r_57", region.ra, region.dec)
+    with tempfile.TemporaryDirectory(prefix="prompt-s3-preload-") as tmp:
+        root = Path(tmp)
+        generate(root, [visit], range(detectors), config, processes=1)
+        s3_store = S3Store(s3, s3.bucket_calib, store_prefix(config))
+        publish_calibrations(root, s3_store, config)
+        stores: dict[str, ObjectStore] = {"file": FileStore(root), "s3": s3_store}
+        pool = concurrent.futures.ThreadPoolExecutor(4)
+        samples: dict[str, list[float]] = {name: [] for name in stores}
+        try:
+            for _ in range(repeat):
+                for name, store in stores.items():
+                    for d in range(detectors):
+                        source = StoreCalibrations(store)
+                        fields = {
+                            "instrument": "LSSTCam", "detector": d, "filter": "r_57",
+                            "day_obs": visit.day_obs, "ra": visit.ra, "dec": visit.dec,
+                        }  # fmt: skip
+                        t0 = time.perf_counter()
+                        entries = list(pool.map(source.load, source.keys_for(fields)))
+                        samples[name].append(time.perf_counter() - t0)
+                        for e in entries:
+                            e.release()
+        finally:
+            pool.shutdown()
+    return {name: _stats(xs) for name, xs in samples.items()}
 
 
 SYNC = {"obstore": _obstore, "boto3": _boto3, "lsst-resources": _lsst_resources}
@@ -244,6 +280,7 @@ async def run_s3_bench(s3: S3Settings | None, repeat: int = 50, puts: int = 2000
         "sizes": {"small": len(small), "large": len(large), "range": HEADER_BYTES},
         "put_260k_aiobotocore": _stats(put_s),
         "put_header_only_obstore": await put_rate(s3, bucket, puts) if puts else None,
+        "preload_per_job_4_objects": await asyncio.to_thread(preload_per_job, s3),
         "clients": {},
     }
     for name, make in SYNC.items():
