@@ -57,6 +57,9 @@ class ImagePublisher(Protocol):
     async def drain(self) -> None:
         """Wait until every image published so far is delivered."""
 
+    async def warm(self) -> None:
+        """Set up what the first image would otherwise pay for, before the schedule starts."""
+
 
 @dataclass
 class AvroImages:
@@ -74,6 +77,9 @@ class AvroImages:
 
     async def drain(self) -> None:
         """Avro arrivals are enqueued on the producer; nothing of ours is in flight."""
+
+    async def warm(self) -> None:
+        """The producer is started already."""
 
 
 @dataclass
@@ -128,6 +134,16 @@ class S3Images:
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
+
+    async def warm(self) -> None:
+        """What the first burst of images must not pay for on the driver's schedule: the
+        client and as many connections as PUTs run at once, and the server's first writes to
+        the bucket (SeaweedFS allocates its volumes then); refused credentials fail here, before
+        the run, not as one failed PUT per image. Small objects are left under ``warm-up/``;
+        no notification is sent for them."""
+        await asyncio.gather(
+            *(self._store.put_async(f"warm-up/{i}", b"warm-up") for i in range(self.concurrency))
+        )
 
 
 async def calibrations_to_s3(

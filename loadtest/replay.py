@@ -402,11 +402,13 @@ async def _drive(
             EventSender(settings) as sender,
             sampler,
         ):
+            t0 = time.monotonic()  # the sampler's clock, until the schedule starts below
             images = image_publisher(
                 config.images, settings, sender,
                 raws_from=config.data_root.resolve() if config.payload == "alert" else None,
                 avro_uri=config.data_uri if config.payload == "alert" else "s3://rubin-summit",
             )  # fmt: skip
+            await images.warm()
             t0 = time.monotonic()
             started_wall = time.time()
             kill_queue = list(plan.kill_times)
