@@ -178,19 +178,6 @@ class S3Store:
             raise err from exc
         return True
 
-    async def exists_async(self, key: str) -> bool:
-        import obstore
-
-        k = self._key(key)
-        try:
-            await obstore.head_async(self._client, k)
-        except Exception as exc:
-            err = self._error(exc, k)
-            if isinstance(err, ObjectNotFoundError):
-                return False
-            raise err from exc
-        return True
-
     def uri(self, key: str) -> str:
         return (
             f"s3://{self.bucket}/{self._key(key)}" if key else f"s3://{self.bucket}/{self.prefix}"
