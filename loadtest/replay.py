@@ -20,17 +20,18 @@ from pydantic import SecretStr
 from loadtest.brokerprobe import FetchProbe, PartitionSize, partition_sizes
 from loadtest.chaos import Chaos, ChaosConfig, ChaosTargets, FaultRecord, chaos_schedule
 from loadtest.checks import LagTolerance
+from loadtest.images import calibrations_to_s3, image_publisher, storage_figures
 from loadtest.plan import CANCEL, IMAGE, NEXT_VISIT, Faults, Plan, Timing, build_plan
 from loadtest.progress import HeapFreezer, Progress
 from loadtest.sampler import Sample, Sampler
 from loadtest.schedule import Night, PlannedVisit
 from loadtest.science import read_all
 from prompt.calib.regions import region_of
-from prompt.config import Settings, Topics
-from prompt.events import ImageArrival, NextVisit
-from prompt.instruments import raw_key
+from prompt.config import S3Settings, Settings, Topics
+from prompt.events import NextVisit
 from prompt.kafka import ensure_topics
 from prompt.sim import SimConfig, SimVisit, generate, read_truth
+from prompt.sim.publish import store_prefix
 from prompt.stack import Stack, owned_stack, resolve_endpoints
 from prompt.stack.scratch import scratch_database
 from prompt.stack.stack import ServerName
@@ -79,10 +80,20 @@ class ReplayConfig:
     chaos: ChaosConfig | None = None
     """Seeded kills of the leading dispatcher (of two), a pilot, PostgreSQL and the broker
     (see :mod:`loadtest.chaos`); needs the embedded stack with ``broker_storage="s3"``."""
+    images: str = "s3"
+    """How images arrive: ``s3`` (each raw PUT to the raws bucket, then its bucket
+    notification; alert calibrations and templates read from S3 too) or ``avro`` (Avro
+    image-arrival events naming ``file://`` raws; calibrations from files)."""
 
     @property
     def data_uri(self) -> str:
         return f"file://{self.data_root.resolve()}"
+
+    def calib_uri(self, s3: S3Settings) -> str:
+        """The alert payload's calibration store, as the pilots are given it."""
+        if self.images == "s3":
+            return f"s3://{s3.bucket_calib}/{store_prefix(self.sim)}"
+        return self.data_uri
 
 
 @dataclass
@@ -109,10 +120,12 @@ class ReplayResult:
     faults: list[FaultRecord] = field(default_factory=list)
     """chaos: every fault injected, with its recovery."""
     excused_lags: list[tuple[int, float]] = field(default_factory=list)
-    """chaos: (visit index, wall lag s) of events whose send a broker outage delayed; kept out
-    of ``driver_lags`` and so of the validity check."""
+    """chaos: (visit index, wall lag s) of events sent while a fault was open or settling;
+    kept out of ``driver_lags`` and so of the validity check."""
     double_ready: int = 0
     """chaos: looks at both dispatchers' /readyz that found both ready (must be 0)."""
+    storage: dict[str, Any] = field(default_factory=dict)
+    """images=s3: the PUTs and the dispatcher's ranged header reads (see storage_figures)."""
 
 
 def replay_task(config: ReplayConfig, name: str) -> TaskFile:
@@ -238,6 +251,7 @@ async def run_replay(
         heartbeat_timeout_s=config.heartbeat_timeout_s,
         dispatch_mode=config.mode,
         affinity_wait_s=settings.affinity_wait_s / config.timing.speed,
+        raws_in_s3=config.images == "s3",
     )
     async with owned_stack(base, stack) as endpoints:
         status = stack.status()
@@ -247,6 +261,16 @@ async def run_replay(
                 f"stack in {stack.state_dir} runs a broker with {status.get('broker_storage')!r} "
                 "storage (stop it, or use another --state-dir; PROMPT_BROKER_STORAGE=s3)"
             )
+        if config.images == "s3" and endpoints.s3 is None:
+            raise ValueError(
+                "images=s3: no S3 server (the database and broker are external: set "
+                "PROMPT_S3_ENDPOINT_URL and its credentials, or use --avro-images)"
+            )
+        if config.payload == "alert" and config.images == "s3" and endpoints.s3 is not None:
+            await calibrations_to_s3(
+                config.data_root.resolve(), config.calib_uri(endpoints.s3), endpoints.s3,
+                config.sim, quiet=config.quiet,
+            )  # fmt: skip
         server_pids = {
             role: [status[role]["pid"]]
             for role in ("broker", "postgres")
@@ -272,7 +296,7 @@ async def run_replay(
             return result
 
 
-def _pilot_args(config: ReplayConfig) -> tuple[str, ...]:
+def _pilot_args(config: ReplayConfig, settings: Settings) -> tuple[str, ...]:
     s = config.timing.speed
     # A new leader waits the heartbeat timeout for the pilots that held jobs: they must try
     # to reach it more often than that (the default pause grows to 5 s).
@@ -282,7 +306,7 @@ def _pilot_args(config: ReplayConfig) -> tuple[str, ...]:
     if config.mode == "cold":
         args += ["--poll-s", f"{config.poll_s / s:.4f}"]
     if config.payload == "alert":
-        args += ["--calib-root", config.data_uri,
+        args += ["--calib-root", config.calib_uri(settings.s3),
                  "--warm-import", "prompt.pipeline.task"]  # fmt: skip
     return tuple(args)
 
@@ -330,7 +354,7 @@ async def _drive(
         addresses = ",".join(f"127.0.0.1:{d.pilot_port}" for d in services)
         pilots[pid] = start_pilot(
             settings, addresses, pid, slots=config.slots, log_dir=log_dir,
-            extra_args=_pilot_args(config),
+            extra_args=_pilot_args(config, settings),
         )  # fmt: skip
 
     def kill_pilot(pid: str) -> None:
@@ -359,7 +383,6 @@ async def _drive(
         if chaos is not None:  # its start-up, CPU-bound, is over before the night's first event
             await chaos.standby_up()
         groups = {v.index: group_id_for(night, v, run_id) for v in night.visits}
-        bucket = config.data_uri if config.payload == "alert" else "s3://rubin-summit"
         progress = Progress(plan, config.quiet, s)
         freezer = HeapFreezer()
         await probe.start()
@@ -374,6 +397,13 @@ async def _drive(
             sampler,
             Chaos.maybe(chaos, lambda: time.monotonic() - t0),
         ):
+            t0 = time.monotonic()  # the sampler's clock, until the schedule starts below
+            images = image_publisher(
+                config.images, settings, sender,
+                raws_from=config.data_root.resolve() if config.payload == "alert" else None,
+                avro_uri=config.data_uri if config.payload == "alert" else "s3://rubin-summit",
+            )  # fmt: skip
+            await images.warm()
             t0 = time.monotonic()
             started_wall = time.time()
             kill_queue = list(plan.kill_times)
@@ -411,15 +441,10 @@ async def _drive(
                 elif event.kind == CANCEL:
                     await sender.cancel(groups[v.index], v.visit_id)
                 elif event.kind == IMAGE:
-                    key = raw_key("LSSTCam", v.day_obs, v.seq_num, event.detector)
-                    arrival = ImageArrival(
-                        instrument="LSSTCam", group_id=groups[v.index], snap=event.snap,
-                        detector=event.detector, uri=f"{bucket}/{key}",
-                        obs_id=key.split("/")[2], day_obs=v.day_obs, event_time=time.time(),
-                    )  # fmt: skip
-                    await sender.image(arrival)
+                    await images.publish(v, groups[v.index], event.detector, event.snap)
                 delayed = chaos is not None and chaos.disturbed(event.wall)
                 (excused if delayed else lags).append((v.index, sent - event.wall))
+            await images.drain()
             for _, pid in restarts:  # replacements still due
                 spawn(pid)
             if chaos is not None:
@@ -436,6 +461,7 @@ async def _drive(
             progress.maybe_print(collector, len(night.visits), force=True)
             records = list(collector.records)
             finished_wall = time.time()
+            storage = await storage_figures(images, metrics_url())
     finally:
         HeapFreezer.stop()
         await probe.stop()
@@ -459,6 +485,7 @@ async def _drive(
         faults=chaos.records if chaos else [],
         excused_lags=excused,
         double_ready=chaos.watch.double_ready if chaos and chaos.watch else 0,
+        storage=storage,
     )
 
 

@@ -152,11 +152,17 @@ class Settings(SecretFileSettings):
     poll_s: float = Field(default=2.0, gt=0)
     """cold mode: how often pilots ask for work (the dispatcher tells them)."""
     """cold is the comparison baseline (no resurrection, no preload, polling pilots)."""
+    raws_in_s3: bool = False
+    """Bucket notifications: read each raw's group and snap from its FITS header in S3 (the
+    bucket the notification names, on the ``s3`` server: ``PROMPT_S3_*`` or the embedded
+    stack's) with a ranged GET of the first header blocks, never the whole image."""
     raw_root: Path | None = None
-    """File-based object store root (one directory per bucket) for bucket notifications."""
+    """Bucket notifications, without S3: a file-based object store root (one directory per
+    bucket), read for each raw's sidecar or FITS header."""
     calib_root: str | None = None
-    """Pilots: object store (``file:///path``) holding calibrations and templates; unset
-    means synthetic stand-in calibrations (for the ``sleep`` payload)."""
+    """Pilots: object store holding calibrations and templates, ``s3://bucket[/prefix]`` (on
+    the ``s3`` server) or ``file:///path``; unset means synthetic stand-in calibrations (for
+    the ``sleep`` payload)."""
 
     state_dir: Path = Path(".prompt/stack")
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -108,3 +108,29 @@ async def ensure_buckets(client: S3Client, s3: S3Settings) -> list[str]:
         except (ClientError, BotoCoreError) as exc:
             raise as_s3_error(exc, f"creating bucket {name}", s3) from exc
     return created
+
+
+def s3_env(s3: S3Settings) -> dict[str, str]:
+    """``PROMPT_S3_*`` variables that make a child process (or a pilot's workers) reach the
+    same S3 server. The secret goes by file when it came from one."""
+    env = {
+        "PROMPT_S3_REGION": s3.region,
+        "PROMPT_S3_ADDRESSING_STYLE": s3.addressing_style,
+        "PROMPT_S3_CONNECT_TIMEOUT_S": str(s3.connect_timeout_s),
+        "PROMPT_S3_READ_TIMEOUT_S": str(s3.read_timeout_s),
+        "PROMPT_S3_MAX_ATTEMPTS": str(s3.max_attempts),
+        "PROMPT_S3_BUCKET_RAWS": s3.bucket_raws,
+        "PROMPT_S3_BUCKET_CALIB": s3.bucket_calib,
+        "PROMPT_S3_BUCKET_BROKER": s3.bucket_broker,
+    }
+    if s3.endpoint_url is not None:
+        env["PROMPT_S3_ENDPOINT_URL"] = s3.endpoint_url
+    if s3.access_key_id is not None:
+        env["PROMPT_S3_ACCESS_KEY_ID"] = s3.access_key_id
+    if s3.secret_access_key_file is not None:
+        env["PROMPT_S3_SECRET_ACCESS_KEY_FILE"] = str(s3.secret_access_key_file)
+    elif s3.secret_access_key is not None:
+        env["PROMPT_S3_SECRET_ACCESS_KEY"] = s3.secret_access_key.get_secret_value()
+    if s3.ca_bundle is not None:
+        env["PROMPT_S3_CA_BUNDLE"] = str(s3.ca_bundle)
+    return env

@@ -141,3 +141,18 @@ async def test_resolver_reports_missing_metadata(tmp_path: Path) -> None:
     (raw,) = parse_notification(make_notification("b", KEY, event_time=9.0))
     with pytest.raises(NotificationError, match="neither the raw nor its sidecar"):
         await RawMetadataResolver(tmp_path).resolve(raw)
+
+
+def test_replay_placeholder_raw_is_a_header_the_resolver_reads() -> None:
+    from loadtest.images import placeholder_raw
+    from prompt.events.raw_metadata import parse_fits_header
+
+    data = placeholder_raw("2025-05-01T23:33:14.762-abcd", 1, 4201, 20250501)
+    assert len(data) == 2 * 2880
+    header = parse_fits_header(data)
+    assert header is not None
+    assert (header["GROUPID"], header["CURINDEX"]) == ("2025-05-01T23:33:14.762-abcd", 2)
+    assert header["OBSID"] == "MC_O_20250501_004201"
+    assert parse_fits_header(data[:80]) is None, "no END yet: read more"
+    with pytest.raises(ValueError, match="not a FITS file"):
+        parse_fits_header(b"NOTFITS =                    T".ljust(80))

@@ -19,8 +19,9 @@ from loadtest.report import PLOTS, write_report
 from loadtest.schedule import synthetic_night
 from loadtest.science import read_length_prefixed
 from loadtest.summary import summarize_replay
-from prompt.config import Settings
+from prompt.config import S3Settings, Settings
 from prompt.pipeline.alerts import decode, validate
+from prompt.s3 import s3_env
 from prompt.stack import Endpoints
 from tests.helpers import run_prompt
 
@@ -45,6 +46,7 @@ async def test_replay_with_faults_accounts_for_every_job(
         database_url=prompt_stack.database_url,
         kafka_bootstrap=prompt_stack.kafka_bootstrap,
         state_dir=tmp_path / "state",
+        s3=prompt_stack.s3 or S3Settings(),
     )
     night = synthetic_night(seed=5).select(6, "40")
     config = ReplayConfig(
@@ -125,6 +127,7 @@ def check_in_chromium(report: Path, tmp_path: Path) -> None:
 
 def test_alert_replay_from_the_command_line(prompt_stack: Endpoints, tmp_path: Path) -> None:
     """``prompt replay --payload alert``: data generated, alerts judged, --alerts-out written."""
+    assert prompt_stack.s3 is not None
     out = tmp_path / "alerts.bin"
     summary_path = tmp_path / "summary.json"
     proc = run_prompt(
@@ -133,7 +136,7 @@ def test_alert_replay_from_the_command_line(prompt_stack: Endpoints, tmp_path: P
         "--data-root", str(tmp_path / "data"), "--alerts-out", str(out),
         "--json", str(summary_path), "--out", str(tmp_path / "report"),
         env={"PROMPT_DATABASE_URL": prompt_stack.database_url,
-             "PROMPT_KAFKA_BOOTSTRAP": prompt_stack.kafka_bootstrap},
+             "PROMPT_KAFKA_BOOTSTRAP": prompt_stack.kafka_bootstrap, **s3_env(prompt_stack.s3)},
         timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
@@ -145,9 +148,13 @@ def test_alert_replay_from_the_command_line(prompt_stack: Endpoints, tmp_path: P
     values = read_length_prefixed(out)
     assert len(values) == science["alerts"]
     assert all(validate(decode(v)) for v in values)
-    # Both visits are in r: the second reads no calibration from the store.
+    # Both visits are in r: the second reads no calibration from the store (S3).
     loads = list(summary["store_loads_by_visit"].values())
     assert [v["calib_loads"] for v in loads] == [8 * 3, 0]
+    # Each raw PUT to S3, then notified; one ranged header read per exposure, no pixels.
+    storage = summary["storage"]
+    assert storage["puts"] == 16 and storage["put_failures"] == 0
+    assert storage["header_reads"] == 2 and storage["header_bytes_per_read"] == 2 * 2880
     assert "recall (S/N >= 10)" in proc.stdout.decode()
 
 

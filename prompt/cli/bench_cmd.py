@@ -1,4 +1,4 @@
-"""``prompt bench dispatch``, ``pipeline``, ``alerts`` and ``broker``."""
+"""``prompt bench dispatch``, ``pipeline``, ``alerts``, ``broker`` and ``s3``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--idle-s", type=float, default=3.0)
     b.add_argument("--work-dir", type=Path, default=Path(".prompt/bench-broker"))
     b.add_argument("--json", type=Path, help="also write the result here")
+    s3 = kinds.add_parser(
+        "s3", help="S3 client candidates on SeaweedFS: calibration GETs, 4 at once, header ranges"
+    )
+    s3.add_argument("--repeat", type=int, default=50, help="samples per access pattern")
+    s3.add_argument("--puts", type=int, default=2000, help="header-only PUTs, 32 at once")
+    s3.add_argument("--json", type=Path, help="also write the result here")
     p.set_defaults(handler=run)
 
 
@@ -68,6 +74,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _alerts(args, settings)
     if args.bench == "broker":
         return _broker(args, settings)
+    if args.bench == "s3":
+        from prompt.bench.s3 import run_s3_bench
+
+        own = None if settings.s3.endpoint_url is None else settings.s3
+        return _report(asyncio.run(run_s3_bench(own, args.repeat, args.puts)), args.json)
     from prompt.bench.dispatch import BenchShape, run_bench
 
     shape = BenchShape(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from typing import TYPE_CHECKING
 
 import structlog
 
 from prompt.cli.common import fail, run_service
-from prompt.config import Settings
+from prompt.config import S3Settings, Settings
 
 if TYPE_CHECKING:
     from prompt.pilot.alerts import AlertPublisher
@@ -23,7 +24,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--label", action="append", default=[], help="capability label (repeatable)")
     p.add_argument("--cache-mb", type=float, default=2048, help="calibration cache size")
     p.add_argument(
-        "--calib-root", help="calibration store, e.g. file:///data (default PROMPT_CALIB_ROOT; "
+        "--calib-root", help="calibration store, s3://bucket/prefix or file:///data (default "
+        "PROMPT_CALIB_ROOT; "
         "unset: synthetic stand-in calibrations)",
     )  # fmt: skip
     p.add_argument("--calib-kb", type=float, default=64, help="synthetic calibration size")
@@ -41,6 +43,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--warm-import", action="append", default=[], help="module workers import at start"
     )
     p.set_defaults(handler=run)
+
+
+def _share_s3(settings: Settings) -> S3Settings | None:
+    """The S3 server (``PROMPT_S3_*`` or the embedded stack's), also put in this process's
+    environment: the worker processes, started later, inherit it and read ``s3://`` raws
+    with it."""
+    from prompt.s3 import s3_env
+    from prompt.stack import resolve_s3
+
+    s3 = resolve_s3(settings)
+    if s3 is not None:
+        os.environ.update(s3_env(s3))
+    return s3
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -80,13 +95,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         **extra,
     )
     calib_root = args.calib_root or settings.calib_root
+    s3 = _share_s3(settings)
     source: CalibrationSource
     if calib_root:
         from prompt.calib.objectstore import ObjectStoreError, open_store
         from prompt.calib.source import StoreCalibrations
 
         try:
-            source = StoreCalibrations(open_store(calib_root))
+            source = StoreCalibrations(open_store(calib_root, s3))
         except ObjectStoreError as exc:
             return fail(str(exc))
     else:

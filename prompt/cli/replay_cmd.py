@@ -57,6 +57,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     run.add_argument("--data-root", type=Path, default=Path(".prompt/replay/data"),
                      help="alert payload: where the synthetic observatory writes")  # fmt: skip
+    run.add_argument(
+        "--avro-images", action="store_true",
+        help="images as Avro image-arrival events naming file:// raws (calibrations from files) "
+        "instead of the default: each raw PUT to S3, then its bucket notification",
+    )  # fmt: skip
     run.add_argument("--detectors", default="0-188")
     run.add_argument(
         "--mode",
@@ -136,6 +141,7 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
             image_partitions=args.image_partitions, sample_s=args.sample_s,
             lag_tolerance=LagTolerance(p99_s=args.max_driver_lag_s),
             chaos=ChaosConfig(seed=chaos_seed) if args.chaos else None,
+            images="avro" if args.avro_images else "s3",
         )  # fmt: skip
         print(f"replaying {len(night.visits)} visits x {len(detectors)} detectors "
               f"({mode}, {speed}x) ...", flush=True)  # fmt: skip
@@ -144,9 +150,13 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
         except ValueError as exc:
             return fail(str(exc))
         summary = summarize_replay(result)
+        if result.storage:
+            summary["storage"] = result.storage
         report = write_report(result, summary, out_dir / mode if len(modes) > 1 else out_dir)
         summaries[mode] = summary
         print("\n".join(summary_lines(summary)))
+        if result.storage:
+            print("storage: " + "  ".join(f"{k} {v}" for k, v in result.storage.items()))
         if args.alerts_out:
             from loadtest.science import write_length_prefixed
 

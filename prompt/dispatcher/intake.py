@@ -204,7 +204,7 @@ class Intake:
     async def _resolve(self, raw: RawObject) -> ImageArrival:
         if self._resolver is None:
             raise NotificationError(
-                f"{raw.uri}: bucket notification, but no raw root (PROMPT_RAW_ROOT) to read "
-                "its group and snap from"
+                f"{raw.uri}: bucket notification, but no raw store (PROMPT_RAWS_IN_S3 or "
+                "PROMPT_RAW_ROOT) to read its group and snap from"
             )
         return self._resolver.cached(raw) or await self._resolver.resolve(raw)

@@ -35,7 +35,7 @@ from prompt.dispatcher.recovery import recover
 from prompt.dispatcher.runtime import Runtime
 from prompt.dispatcher.writer import StateWriter
 from prompt.events import AvroCodec, EventKind, SchemaRegistry
-from prompt.events.raw_metadata import RawMetadataResolver
+from prompt.events.raw_metadata import raw_resolver
 from prompt.kafka import aiokafka_options, consumer_options
 from prompt.metrics import DispatcherMetrics
 from prompt.runtime import freeze_startup_objects
@@ -142,7 +142,12 @@ async def run_term(
         ctx.pilot_port = pilot_port
         engine.channel_open()
         dead_letters = DeadLetters(producer, topics.dead_letter, metrics)
-        resolver = RawMetadataResolver(settings.raw_root) if settings.raw_root else None
+
+        def header_read(nbytes: int) -> None:
+            metrics.raw_header_reads.inc()
+            metrics.raw_header_bytes.inc(nbytes)
+
+        resolver = raw_resolver(settings, ctx.endpoints.s3, header_read)
         consumers = Consumers(
             consumer_options=consumer_options(settings, ctx.endpoints.kafka_bootstrap),
             control_options=consumer_options(

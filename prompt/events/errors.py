@@ -95,6 +95,14 @@ class RegistryUnavailableError(EventError):
     reason = "registry_unavailable"
 
 
+class RawUnavailableError(EventError):
+    """A notified raw's header could not be read (its store unreachable, or refusing).
+    Retriable: the notification itself may be fine."""
+
+    retriable = True
+    reason = "raw_unavailable"
+
+
 class EncodeError(EventError):
     """A record does not fit its schema."""
 

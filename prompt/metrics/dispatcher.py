@@ -61,6 +61,16 @@ class DispatcherMetrics:
             ["kind", "reason"],
             registry=r,
         )
+        self.raw_header_bytes = Counter(
+            "prompt_raw_header_bytes_total",
+            "bytes of raws read to resolve bucket notifications (ranged header reads)",
+            registry=r,
+        )
+        self.raw_header_reads = Counter(
+            "prompt_raw_header_reads_total",
+            "ranged reads of raws' headers for bucket notifications",
+            registry=r,
+        )
         self.ignored = Counter(
             "prompt_events_ignored_total",
             "events consumed and deliberately not acted on",

@@ -10,6 +10,7 @@ from prompt.stack.stack import (
     resolve_database_url,
     resolve_endpoints,
     resolve_kafka_bootstrap,
+    resolve_s3,
 )
 from prompt.stack.state import Endpoints, StackState
 
@@ -25,4 +26,5 @@ __all__ = [
     "resolve_database_url",
     "resolve_endpoints",
     "resolve_kafka_bootstrap",
+    "resolve_s3",
 ]

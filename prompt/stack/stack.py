@@ -23,7 +23,7 @@ import asyncpg
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient
 
-from prompt.config import Settings
+from prompt.config import S3Settings, Settings
 from prompt.kafka import aiokafka_options, ensure_topics
 from prompt.s3 import ensure_buckets, s3_client
 from prompt.stack.broker import BrokerStorage, EmbeddedBroker, MemoryStorage, S3Storage
@@ -80,11 +80,17 @@ def resolve_kafka_bootstrap(settings: Settings) -> str:
     return state.kafka_bootstrap
 
 
-def resolve_endpoints(settings: Settings) -> Endpoints:
+def resolve_s3(settings: Settings) -> S3Settings | None:
+    """``PROMPT_S3_ENDPOINT_URL`` and its credentials, else the running embedded stack's S3
+    server; None if neither."""
+    if settings.s3.endpoint_url is not None:
+        return settings.s3
     state = _running_state(settings)
-    s3 = state.s3_settings(settings) if state is not None else None
-    if s3 is None and settings.s3.endpoint_url is not None:
-        s3 = settings.s3
+    return state.s3_settings(settings) if state is not None else None
+
+
+def resolve_endpoints(settings: Settings) -> Endpoints:
+    s3 = resolve_s3(settings)
     return Endpoints(resolve_database_url(settings), resolve_kafka_bootstrap(settings), s3)
 
 

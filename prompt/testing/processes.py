@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prompt.config import Settings
+from prompt.s3 import s3_env
 from prompt.stack import resolve_endpoints
 
 
@@ -43,6 +44,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, name)
         if name.startswith("pilot_tls_") and value is not None:
             env[f"PROMPT_{name.upper()}"] = str(value)
+    if endpoints.s3 is not None:
+        env.update(s3_env(endpoints.s3))
+    if settings.raws_in_s3:
+        env["PROMPT_RAWS_IN_S3"] = "true"
     if settings.raw_root is not None:
         env["PROMPT_RAW_ROOT"] = str(settings.raw_root)
     if settings.calib_root is not None:

@@ -75,7 +75,7 @@ class EventSender:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.failed_images: list[tuple[ImageArrival, int]] = []
+        self.failed_images: list[tuple[bytes, bytes, int]] = []
         """(arrival, attempts so far)"""
         self.resent = 0
         registry = LocalSchemaRegistry()
@@ -126,32 +126,38 @@ class EventSender:
     async def raw(self, topic: str, value: bytes) -> None:
         await self.producer.send_and_wait(topic, value)
 
-    async def image(self, arrival: ImageArrival, attempt: int = 1) -> None:
+    async def image(self, arrival: ImageArrival) -> None:
         """Enqueue one image-arrival (delivery is not awaited: a camera does not wait).
 
         Keyed by visit (group id): a visit's images stay in order on one partition, and a
         burst leaves as one batch to one partition rather than a sliver to each."""
-        delivery = await self.producer.send(
-            self.settings.topics.image_arrival,
-            self.image_codec.encode(arrival.to_record()),
-            key=arrival.group_id.encode(),
+        await self._enqueue_image(
+            self.image_codec.encode(arrival.to_record()), arrival.group_id.encode()
         )
+
+    async def notification(self, value: bytes, key: bytes) -> None:
+        """Enqueue one bucket notification (JSON), keyed by exposure, not awaiting delivery."""
+        await self._enqueue_image(value, key)
+
+    async def _enqueue_image(self, value: bytes, key: bytes, attempt: int = 1) -> None:
+        topic = self.settings.topics.image_arrival
+        delivery = await self.producer.send(topic, value, key=key)
 
         def delivered(future: asyncio.Future[Any]) -> None:
             if not future.cancelled() and future.exception() is not None:
                 log.warning("image delivery failed", error=repr(future.exception()))
-                self.failed_images.append((arrival, attempt))
+                self.failed_images.append((value, key, attempt))
 
         delivery.add_done_callback(delivered)
 
     async def resend_failed(self) -> None:
-        """Send again the images whose delivery failed (cheap when there are none)."""
+        """Send again the image events whose delivery failed (cheap when there are none)."""
         while self.failed_images:
-            arrival, attempts = self.failed_images.pop(0)
+            value, key, attempts = self.failed_images.pop(0)
             if attempts >= RESEND_ATTEMPTS:
-                raise RuntimeError(f"image not delivered in {attempts} attempts: {arrival}")
+                raise RuntimeError(f"image event (key {key!r}) not delivered in {attempts} tries")
             self.resent += 1
-            await self.image(arrival, attempts + 1)
+            await self._enqueue_image(value, key, attempts + 1)
 
     async def images(self, arrivals: list[ImageArrival]) -> None:
         """One burst: all enqueued at once, then flushed."""
