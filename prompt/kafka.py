@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +22,15 @@ def broker_retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaError) and (
         exc.retriable or isinstance(exc, KafkaTimeoutError | UnknownError)
     )
+
+
+async def stop_consumer(consumer: Any) -> None:
+    """``consumer.stop()``, safe right after ``start()``: aiokafka (0.14) starts a background
+    task in ``start()`` and ``stop()`` cancels and awaits it; cancelled before its first step,
+    that task raises CancelledError out of ``stop()`` (seen: a dispatcher whose topics did
+    not exist yet died of it). One loop iteration lets the task start and catch its cancel."""
+    await asyncio.sleep(0)
+    await consumer.stop()
 
 
 def aiokafka_options(settings: Settings, bootstrap: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from prompt.aio import reraise_if_cancelled
 from prompt.bounds import bound_error
 from prompt.dispatcher.health import Health
 from prompt.dispatcher.writer import StateWriter
-from prompt.kafka import broker_retriable
+from prompt.kafka import broker_retriable, stop_consumer
 from prompt.metrics import DispatcherMetrics
 
 log = structlog.get_logger(__name__)
@@ -114,10 +114,10 @@ class Consumers:
             except KafkaError as exc:
                 reraise_if_cancelled()
                 if not broker_retriable(exc):
-                    await consumer.stop()
+                    await stop_consumer(consumer)
                     raise
                 problem = f"broker unreachable: {exc!r}"
-            await consumer.stop()
+            await stop_consumer(consumer)
             if time.monotonic() > deadline or stop.is_set():
                 raise DependencyError(f"intake cannot start: {problem}")
             log.warning("intake waiting", problem=problem, retry_in=backoff)
@@ -185,7 +185,7 @@ class Consumers:
     async def close(self) -> None:
         for consumer in (self.control, self.images):
             if consumer is not None:
-                await consumer.stop()
+                await stop_consumer(consumer)
 
     # ---- the loops --------------------------------------------------------------------------
 
@@ -247,7 +247,7 @@ class Consumers:
     async def _reopen(self, consumer: AIOKafkaConsumer) -> None:
         is_control = consumer is self.control
         topics = sorted({tp.topic for tp in consumer.assignment()})
-        await consumer.stop()
+        await stop_consumer(consumer)
         fresh = await self._consumer(
             topics, dict(self.positions), self._control_opts if is_control else self._opts,
             self._stop_waiting,
