@@ -63,12 +63,6 @@ async def test_a_database_restart_leaves_exactly_one_leader_and_the_next_visit_r
     assert completions.duplicates() == 0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open defect (stop 17): in the full suite, about half the runs end with 4 of 20 "
-    "completions missing: the new leader recovers the visit done but only 16 outbox rows, and a "
-    "pilot still claims the 4 jobs' unacknowledged results, which it drops. Alone it passes.",
-)
 async def test_a_database_restart_between_publish_and_outbox_delete_publishes_once(
     isolated_settings: Settings, prompt_stack_control: Stack, tmp_path: Path
 ) -> None:

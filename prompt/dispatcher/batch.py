@@ -56,13 +56,13 @@ def job_row(job: Job) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def storable_job_row(job: Job, refusal: BaseException) -> tuple[Any, ...]:
+def storable_job_row(row: tuple[Any, ...], refusal: BaseException) -> tuple[Any, ...]:
     """The row of a job whose full row the database refused: its state and times, without
     the payload result, with the refusal as the error."""
-    row = list(job_row(job))
-    row[7] = bound_error(f"{job.error or ''} [state not storable as sent: {refusal}]".strip())
-    row[15] = None
-    return tuple(row)
+    fixed = list(row)
+    fixed[7] = bound_error(f"{row[7] or ''} [state not storable as sent: {refusal}]".strip())
+    fixed[15] = None
+    return tuple(fixed)
 
 
 @dataclass
@@ -77,6 +77,17 @@ class Batch:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     offset_resets: dict[tuple[str, int], int] = field(default_factory=dict)
     after: list[Callable[[], None]] = field(default_factory=list)
+    job_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    """The jobs' rows as they were when the batch was taken (``snapshot``)."""
+
+    def snapshot(self) -> None:
+        """Fix the jobs' rows now. ``jobs`` holds the engine's live objects, which go on
+        changing while the transaction awaits its connection: a row read then could say
+        ``finished`` while that job's completion and acknowledgement were recorded into the
+        next batch, and a commit of this batch alone (the next one failing) would store a
+        finished job without its outbox row, a completion lost. Taken synchronously with the
+        batch, a row and its completion are always in the same batch."""
+        self.job_rows = [job_row(job) for job in self.jobs.values()]
 
     def empty(self) -> bool:
         return not (
@@ -86,7 +97,8 @@ class Batch:
         )  # fmt: skip
 
     def merge_newer(self, newer: Batch) -> Batch:
-        """This (failed) batch with a newer one applied on top, for the retry."""
+        """This (failed) batch with a newer one applied on top, for the retry (snapshot it
+        again)."""
         self.jobs.update(newer.jobs)
         self.outbox.update(newer.outbox)
         self.held.extend(newer.held)

@@ -38,7 +38,6 @@ from prompt.dispatcher.batch import (
     VISIT_RESURRECTED,
     VISIT_STATUS,
     Batch,
-    job_row,
     storable_job_row,
 )
 from prompt.dispatcher.engine.model import Job, VisitKey
@@ -163,6 +162,7 @@ class StateWriter:
             if pending is not None:
                 batch = pending.merge_newer(batch)
                 pending = None
+            batch.snapshot()
             if batch.empty():
                 self._finish()
                 continue
@@ -210,10 +210,10 @@ class StateWriter:
         now = time.time()
         run = self._one_by_one if isolate else self._all_at_once
         async with self._fence.transaction(self._pool) as conn:
-            if batch.jobs:
-                jobs = list(batch.jobs.values())
-                await run(conn, "jobs", JOB_UPDATE, [job_row(j) for j in jobs],
-                          [functools.partial(storable_job_row, j) for j in jobs])  # fmt: skip
+            if batch.job_rows:
+                rows = batch.job_rows
+                await run(conn, "jobs", JOB_UPDATE, rows,
+                          [functools.partial(storable_job_row, r) for r in rows])  # fmt: skip
             if batch.outbox:
                 await run(
                     conn, "outbox", OUTBOX_INSERT, [(k, v, now) for k, v in batch.outbox.items()]
