@@ -22,7 +22,7 @@ from loadtest.chaos import Chaos, ChaosConfig, ChaosTargets, FaultRecord, chaos_
 from loadtest.checks import LagTolerance
 from loadtest.images import calibrations_to_s3, image_publisher, storage_figures
 from loadtest.plan import CANCEL, IMAGE, NEXT_VISIT, Faults, Plan, Timing, build_plan
-from loadtest.progress import HeapFreezer, Progress
+from loadtest.progress import GcPacer, Progress
 from loadtest.sampler import Sample, Sampler
 from loadtest.schedule import Night, PlannedVisit
 from loadtest.science import read_all
@@ -384,7 +384,7 @@ async def _drive(
             await chaos.standby_up()
         groups = {v.index: group_id_for(night, v, run_id) for v in night.visits}
         progress = Progress(plan, config.quiet, s)
-        freezer = HeapFreezer()
+        pacer = GcPacer()
         await probe.start()
         sampler = Sampler(
             interval_s=config.sample_s, clock=lambda: time.monotonic() - t0, pids=pids,
@@ -404,6 +404,7 @@ async def _drive(
                 avro_uri=config.data_uri if config.payload == "alert" else "s3://rubin-summit",
             )  # fmt: skip
             await images.warm()
+            pacer.start()
             t0 = time.monotonic()
             started_wall = time.time()
             kill_queue = list(plan.kill_times)
@@ -423,11 +424,11 @@ async def _drive(
                         spawn(restarts.pop(0)[1])
                         continue
                     wait = event.wall - now
+                    pacer.idle(wait)
                     if wait <= 0:
                         break
                     await asyncio.sleep(min(wait, 0.25))
                     progress.maybe_print(collector, len(night.visits))
-                    freezer.maybe()
                 v = event.visit
                 sent = time.monotonic() - t0
                 await sender.resend_failed()
@@ -454,16 +455,16 @@ async def _drive(
             grace = (max(v.visit_time for v in night.visits) * 2 + 60 + 4 * config.run_mean_s) / s
             deadline = time.monotonic() + grace + 30
             while len(collector.by_job) < plan.jobs and time.monotonic() < deadline:
+                pacer.idle(0.2)
                 await asyncio.sleep(0.2)
                 progress.maybe_print(collector, len(night.visits))
-                freezer.maybe()
             await asyncio.sleep(1.0 + COLLECT_EVERY_S)  # a duplicate would show up now
             progress.maybe_print(collector, len(night.visits), force=True)
             records = list(collector.records)
             finished_wall = time.time()
             storage = await storage_figures(images, metrics_url())
     finally:
-        HeapFreezer.stop()
+        GcPacer.stop()
         await probe.stop()
         for pilot in pilots.values():
             await asyncio.to_thread(pilot.stop_if_running)
