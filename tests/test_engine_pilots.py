@@ -155,6 +155,26 @@ def test_restore_puts_jobs_on_pilots_back_waiting_for_their_pilot_to_claim_them(
     assert visit.open_jobs == 1  # the one waiting for its image
 
 
+def test_restore_adopts_a_job_a_pilot_claims_with_an_attempt_newer_than_the_saved_one() -> None:
+    """The previous leader pushed it, but its write of the push was lost with its term: the
+    job is still waiting in the saved state. The pilot's claim is taken, its result counted
+    once, and the job is not pushed (run) a second time; a stale claim is not adopted."""
+    sim = Sim([make_task(detectors="0-2")], heartbeat_timeout_s=5)
+    states = {0: JobState.READY, 1: JobState.DEFINED, 2: JobState.READY}
+    visit = saved_visit(sim, 0, states)
+    sim.apply(sim.engine.restore(SavedState(visits=[visit], pilots={})))
+    ready, waiting, stale = 1000, 1001, 1002
+    sim.register("p1", slots=4, claimed=[(ready, 1), (waiting, 1), (stale, 0)])
+    # Adopted: the two it claims; pushed: the one whose claim was stale (attempt 0, never run).
+    assert sim.engine.in_flight_on_pilots() == 3
+    assert [(f["job"], f["attempt"]) for f in sim.sent("p1") if f["t"] == "job"] == [(stale, 1)]
+    sim.finish("p1", ready, attempt=1)
+    sim.finish("p1", waiting, attempt=1)
+    sim.deliver(sim.arrival(visit.nv, 1))  # the image, read again by the new leader
+    assert [sim.completion(j)["status"] for j in (ready, waiting)] == ["finished", "finished"]
+    assert [f["job"] for f in sim.sent("p1") if f["t"] == "job"] == [stale]  # none run twice
+
+
 def test_restore_retries_jobs_of_a_pilot_that_never_comes_back() -> None:
     sim = Sim([make_task(detectors="0-1")], heartbeat_timeout_s=5)
     visit = saved_visit(sim, 0, {0: JobState.SENT, 1: JobState.SENT}, pilot="gone")

@@ -14,7 +14,7 @@ from prompt.channel.messages import Ack
 from prompt.dispatcher.engine.book import Desk
 from prompt.dispatcher.engine.effects import Disconnect, SaveJob, SavePilot, Send
 from prompt.dispatcher.engine.lifecycle import Lifecycle
-from prompt.dispatcher.engine.model import ON_PILOT, JobState
+from prompt.dispatcher.engine.model import ON_PILOT, Job, JobState
 from prompt.dispatcher.engine.outcomes import FailureKind
 from prompt.dispatcher.engine.pilots import PilotState
 from prompt.dispatcher.engine.scheduling import Scheduling
@@ -56,16 +56,38 @@ class PilotEvents(Desk):
                 self.lifecycle.lost(job, f"pilot {pilot.id} reconnected without the job")
         for job_id, attempt in claimed:
             claimed_job = self.book.jobs.get(job_id)
+            if claimed_job is None:
+                continue
             if (
-                claimed_job is not None
-                and claimed_job.attempt == attempt
+                claimed_job.attempt == attempt
                 and claimed_job.state in ON_PILOT
                 and claimed_job.pilot_id == pilot.id
             ):
                 pilot.running[job_id] = claimed_job
+            elif self._adoptable(claimed_job, attempt):
+                self._adopt(pilot, claimed_job, attempt)
         self.out.append(SavePilot(self._row(pilot, "connected")))
         self.scheduling.capacity(pilot)
         return pilot
+
+    @staticmethod
+    def _adoptable(job: Job, attempt: int) -> bool:
+        """A job this dispatcher has not placed, claimed by a pilot with an attempt newer than
+        any it knows: a push by a previous leader whose write was lost with its term (the
+        database still had the job waiting). The pilot has it, or its result. (An attempt it
+        knows and has taken back, from a pilot it declared lost, stays superseded.)"""
+        return not job.terminal and job.state not in ON_PILOT and attempt > job.attempt
+
+    def _adopt(self, pilot: PilotState, job: Job, attempt: int) -> None:
+        """Take the pilot's word: the job is running there (its result, if already made, is
+        accepted as any other), rather than pushing it again and running it twice."""
+        log.info(
+            "job adopted from a pilot", group=job.visit.nv.group_id, detector=job.detector,
+            job=job.id, attempt=attempt, pilot=pilot.id, was=job.state.value,
+        )  # fmt: skip
+        job.attempt, job.pilot_id, job.state = attempt, pilot.id, JobState.RUNNING
+        pilot.running[job.id] = job
+        self.out.append(SaveJob(job))
 
     def _row(self, pilot: PilotState, state: str) -> tuple[Any, ...]:
         cache = [list(c) for c in sorted(pilot.cache)]
