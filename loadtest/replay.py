@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from loadtest.brokerprobe import FetchProbe, PartitionSize, partition_sizes
+from loadtest.capacity import CapacityCut
 from loadtest.chaos import Chaos, ChaosConfig, ChaosTargets, FaultRecord, chaos_schedule
 from loadtest.checks import LagTolerance
 from loadtest.images import calibrations_to_s3, image_publisher, storage_figures
@@ -82,6 +83,8 @@ class ReplayConfig:
     """How images arrive: ``s3`` (each raw PUT to the raws bucket, then its bucket
     notification; alert calibrations and templates read from S3 too) or ``avro`` (Avro
     image-arrival events naming ``file://`` raws; calibrations from files)."""
+    dispatch_order: str = "feasible"
+    """PROMPT_DISPATCH_ORDER of the dispatchers: ``feasible`` or ``fifo``."""
 
     @property
     def data_uri(self) -> str:
@@ -124,6 +127,7 @@ class ReplayResult:
     """chaos: looks at both dispatchers' /readyz that found both ready (must be 0)."""
     storage: dict[str, Any] = field(default_factory=dict)
     """images=s3: the PUTs and the dispatcher's ranged header reads (see storage_figures)."""
+    capacity: CapacityCut | None = None
 
 
 def replay_task(config: ReplayConfig, name: str) -> TaskFile:
@@ -253,9 +257,12 @@ async def _drive(
     rng = random.Random(config.seed + 1)
     log_dir = config.log_dir / run_id
     # With chaos, two under one name: the first leads, the second stands by.
+    order_env = {"PROMPT_DISPATCH_ORDER": config.dispatch_order}
     services: list[ServiceProcess] = [
-        start_dispatcher(settings, log_dir=log_dir, log_name="dispatcher-0")
+        start_dispatcher(settings, log_dir=log_dir, log_name="dispatcher-0", extra_env=order_env)
     ]
+    drop = config.faults.capacity_drop
+    cut = CapacityCut(drop, s, config.seed) if drop else None
     service = services[0]
     pilots: dict[str, PilotProcess] = {}
     kills: list[tuple[float, str]] = []
@@ -290,6 +297,9 @@ async def _drive(
         pilots.pop(pid).kill()
         kills.append((time.time(), pid))
 
+    def kill_cut(pid: str) -> None:
+        pilots.pop(pid).kill()
+
     def replace_pilot(pid: str) -> str:
         """Chaos: under a new id, so that its registration is unambiguous."""
         new = f"{pid.split('.')[0]}.r{len(kills)}"
@@ -299,11 +309,13 @@ async def _drive(
     try:
         await service.wait_ready()
         if config.chaos is not None:
-            services.append(start_dispatcher(settings, log_dir=log_dir, log_name="dispatcher-1"))
+            services.append(start_dispatcher(
+                settings, log_dir=log_dir, log_name="dispatcher-1", extra_env=order_env
+            ))  # fmt: skip
             chaos = Chaos(
                 chaos_schedule(plan.end_wall, config.chaos),
                 ChaosTargets(stack, services, lambda: sorted(pilots), kill_pilot, replace_pilot,
-                             connected_ids, config.pilots, log_dir, settings),
+                             connected_ids, config.pilots, log_dir, settings, order_env),
                 config.chaos, s,
             )  # fmt: skip
         for i in range(config.pilots):
@@ -351,6 +363,8 @@ async def _drive(
                     if restarts and restarts[0][0] <= now:
                         spawn(restarts.pop(0)[1])
                         continue
+                    if cut is not None and cut.step(now, pilots, kill_cut, spawn):
+                        continue
                     wait = event.wall - now
                     if wait <= 0:
                         break
@@ -382,7 +396,11 @@ async def _drive(
             # Everything sent: wait for every job's completion (expiry bounds the wait).
             grace = (max(v.visit_time for v in night.visits) * 2 + 60 + 4 * config.run_mean_s) / s
             deadline = time.monotonic() + grace + 30
+            if cut is not None:  # the pilots come back at the window's end, however late
+                deadline += max(0.0, cut.window[1] - (time.monotonic() - t0))
             while len(collector.by_job) < plan.jobs and time.monotonic() < deadline:
+                if cut is not None:
+                    cut.step(time.monotonic() - t0, pilots, kill_cut, spawn)
                 await asyncio.sleep(0.2)
                 progress.maybe_print(collector, len(night.visits))
                 freezer.maybe()
@@ -415,6 +433,7 @@ async def _drive(
         excused_lags=excused,
         double_ready=chaos.watch.double_ready if chaos and chaos.watch else 0,
         storage=storage,
+        capacity=cut,
     )
 
 
