@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from loadtest.chaos import SETTLE_S
 from loadtest.plan import IMAGE, Plan
 
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)([hms]?)$")
@@ -122,6 +123,16 @@ class CapacityCut:
             self.restored_wall = now
             return True
         return False
+
+    def disturbed(self, since: float, now: float) -> bool:
+        """Whether the pilots were killed or started again, or less than ``SETTLE_S`` before,
+        between ``since`` and ``now`` (wall s after the start): a send in that span was
+        delayed by the cut (the driver's own kill, then the dying and the starting processes
+        taking the CPU it shares with them on this one machine), not by the driver."""
+        return any(
+            t is not None and since <= t + SETTLE_S and t <= now
+            for t in (self.dropped_wall, self.restored_wall)
+        )
 
     def as_dict(self) -> dict[str, object]:
         start, end = self.window

@@ -385,7 +385,9 @@ async def _drive(
                     await sender.cancel(groups[v.index], v.visit_id)
                 elif event.kind == IMAGE:
                     await images.publish(v, groups[v.index], event.detector, event.snap)
-                delayed = chaos is not None and chaos.disturbed(event.wall)
+                delayed = (chaos is not None and chaos.disturbed(event.wall)) or (
+                    cut is not None and cut.disturbed(event.wall, sent)
+                )
                 (excused if delayed else lags).append((v.index, sent - event.wall))
             await images.drain()
             for _, pid in restarts:  # replacements still due

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from loadtest.capacity import PHASES, image_phases
-from loadtest.chaos import FAILOVER_LIMIT_S, failover_s
+from loadtest.chaos import FAILOVER_LIMIT_S, SETTLE_S, failover_s
 from loadtest.checks import TrendLimits, driver_lag_by_visit, tenths, trend, validity
 from loadtest.plan import relaxed_for_faults
 from loadtest.replay import ReplayResult
@@ -137,6 +137,7 @@ def _capacity(
             "visits_by_phase": {p: sum(1 for v in phase.values() if v == p) for p in PHASES},
             "budget_met_by_phase": by_phase,
             "budget_met_during_or_after": budget_met(later, by_key, speed),
+            "events_excused_from_driver_lag": len(result.excused_lags),
         }
     }
 
@@ -355,6 +356,8 @@ def _capacity_lines(summary: dict[str, Any]) -> list[str]:
         f"budget_met overall {summary['budget_met']}  images during/after the window "
         f"{c['budget_met_during_or_after']}  by phase: before {by['before']}  during "
         f"{by['during']}  after {by['after']}  (visits {c['visits_by_phase']})",
+        f"  events excused from driver lag (sent within {SETTLE_S} s of the kill or the "
+        f"restart) {c['events_excused_from_driver_lag']}",
     ]
 
 

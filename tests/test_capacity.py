@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from loadtest.capacity import CapacityCut, CapacityDrop, image_phases, parse_capacity_drop
+from loadtest.chaos import SETTLE_S
 from loadtest.plan import IMAGE, Faults, Timing, build_plan, relaxed_for_faults
 from loadtest.schedule import synthetic_night
 from loadtest.summary import budget_met
@@ -115,3 +116,15 @@ def test_budget_met_counts_jobs_within_60_night_s_of_their_image() -> None:
     keys = [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]  # (0, 4): never completed
     assert budget_met(keys, by_key, speed=10) == 0.4
     assert budget_met([], by_key, speed=10) is None
+
+
+def test_sends_around_the_kill_and_the_restart_are_excused_from_driver_lag() -> None:
+    cut = CapacityCut(CapacityDrop(0.5, 100.0, 300.0), speed=10.0, seed=0)
+    assert not cut.disturbed(5.0, 50.0), "nothing done yet"
+    cut.step(10.0, ["a", "b"], lambda _: None, lambda _: None)
+    assert cut.disturbed(9.9, 10.3)  # planned before the kill, sent after it
+    assert cut.disturbed(10.0 + SETTLE_S - 0.1, 20.0)
+    assert not cut.disturbed(10.0 + SETTLE_S + 0.1, 20.0)
+    assert not cut.disturbed(5.0, 9.0)
+    cut.step(30.0, ["b"], lambda _: None, lambda _: None)
+    assert cut.disturbed(30.5, 30.6) and not cut.disturbed(29.0, 29.5)
