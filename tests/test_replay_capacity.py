@@ -12,8 +12,8 @@ from loadtest.plan import Faults, Timing
 from loadtest.replay import ReplayConfig, run_replay
 from loadtest.schedule import synthetic_night
 from loadtest.summary import summarize_replay, summary_lines
-from prompt.config import S3Settings, Settings
 from prompt.stack import Endpoints
+from tests.helpers import stack_settings
 
 pytestmark = pytest.mark.stack
 
@@ -21,12 +21,7 @@ pytestmark = pytest.mark.stack
 async def test_capacity_drop_loses_nothing_and_runs_nothing_on_the_pilots_gone(
     prompt_stack: Endpoints, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        database_url=prompt_stack.database_url,
-        kafka_bootstrap=prompt_stack.kafka_bootstrap,
-        state_dir=tmp_path / "state",
-        s3=prompt_stack.s3 or S3Settings(),
-    )
+    settings = stack_settings(prompt_stack, tmp_path / "state")
     night = synthetic_night(seed=5).select(6, "40")
     config = ReplayConfig(
         timing=Timing(speed=20),
