@@ -222,6 +222,8 @@ class ChaosTargets:
     pilots: int
     log_dir: Any
     settings: Any
+    dispatcher_env: dict[str, str] = field(default_factory=dict)
+    """Variables a restarted dispatcher gets too (e.g. PROMPT_DISPATCH_ORDER)."""
 
 
 @dataclass
@@ -370,6 +372,7 @@ class Chaos:
         self.targets.services[index] = start_dispatcher(
             self.targets.settings, log_dir=self.targets.log_dir, pilot_port=old.pilot_port,
             http_port=old.http_port, log_name=f"dispatcher-{index}",
+            extra_env=self.targets.dispatcher_env,
         )  # fmt: skip
 
     async def _pilot(self, record: FaultRecord, victim: str) -> None:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from loadtest.schedule import Night, PlannedVisit
+
+if TYPE_CHECKING:
+    from loadtest.capacity import CapacityDrop
 
 NEXT_VISIT = "next-visit"
 CANCEL = "cancel"
@@ -29,6 +33,8 @@ class Faults:
     """Fraction of visits canceled after their next-visit (expected: canceled)."""
     kill_pilots: int = 0
     """Pilots killed (SIGKILL) at random times, each replaced 1 s later."""
+    capacity_drop: CapacityDrop | None = None
+    """A fraction of the pilots gone for a window of the night (see loadtest.capacity)."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ collects the completion events and hands everything to the report.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 import uuid
@@ -18,19 +17,20 @@ from typing import Any
 from pydantic import SecretStr
 
 from loadtest.brokerprobe import FetchProbe, PartitionSize, partition_sizes
+from loadtest.capacity import CapacityCut
 from loadtest.chaos import Chaos, ChaosConfig, ChaosTargets, FaultRecord, chaos_schedule
 from loadtest.checks import LagTolerance
 from loadtest.images import calibrations_to_s3, image_publisher, storage_figures
 from loadtest.plan import CANCEL, IMAGE, NEXT_VISIT, Faults, Plan, Timing, build_plan
 from loadtest.progress import GcPacer, Progress
 from loadtest.sampler import Sample, Sampler
-from loadtest.schedule import Night, PlannedVisit
+from loadtest.schedule import Night
 from loadtest.science import read_all
-from prompt.calib.regions import region_of
+from loadtest.visits import for_alerts, group_id_for, next_visit, prepare_data
 from prompt.config import S3Settings, Settings, Topics
 from prompt.events import NextVisit
 from prompt.kafka import ensure_topics
-from prompt.sim import SimConfig, SimVisit, generate, read_truth
+from prompt.sim import SimConfig
 from prompt.sim.publish import store_prefix
 from prompt.stack import Stack, owned_stack, resolve_endpoints
 from prompt.stack.scratch import scratch_database
@@ -39,7 +39,6 @@ from prompt.tasks import TaskFile
 from prompt.testing.processes import PilotProcess, ServiceProcess, start_dispatcher, start_pilot
 from prompt.testing.tasks import alert_task_file, apply_task_file, sleep_task_file
 from prompt.testing.traffic import CompletionCollector, EventSender
-from prompt.timescale import MJD_UNIX_EPOCH, TAI_MINUS_UTC_S
 
 
 @dataclass(frozen=True)
@@ -84,6 +83,8 @@ class ReplayConfig:
     """How images arrive: ``s3`` (each raw PUT to the raws bucket, then its bucket
     notification; alert calibrations and templates read from S3 too) or ``avro`` (Avro
     image-arrival events naming ``file://`` raws; calibrations from files)."""
+    dispatch_order: str = "feasible"
+    """PROMPT_DISPATCH_ORDER of the dispatchers: ``feasible`` or ``fifo``."""
 
     @property
     def data_uri(self) -> str:
@@ -126,6 +127,7 @@ class ReplayResult:
     """chaos: looks at both dispatchers' /readyz that found both ready (must be 0)."""
     storage: dict[str, Any] = field(default_factory=dict)
     """images=s3: the PUTs and the dispatcher's ranged header reads (see storage_figures)."""
+    capacity: CapacityCut | None = None
 
 
 def replay_task(config: ReplayConfig, name: str) -> TaskFile:
@@ -153,79 +155,10 @@ def replay_task(config: ReplayConfig, name: str) -> TaskFile:
     )
 
 
-def group_id_for(night: Night, v: PlannedVisit, run_id: str) -> str:
-    when = night.start_utc.timestamp() + v.start
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when))
-    return f"{stamp}.{int(when * 1000) % 1000:03d}-{run_id}"
-
-
-def next_visit(
-    night: Night, v: PlannedVisit, group: str, start_wall: float, speed: float
-) -> NextVisit:
-    return NextVisit(
-        instrument="LSSTCam",
-        group_id=group,
-        survey=v.survey,
-        filters=v.physical_filter,
-        position=(v.ra, v.dec),
-        coordinate_system=2,
-        camera_angle=v.rotation,
-        rotation_system=2,
-        start_time=start_wall + TAI_MINUS_UTC_S,
-        duration=v.visit_time / speed,
-        nimages=v.n_snaps,
-        dome=2,
-        sal_index=1,
-        script_sal_index=v.visit_id,
-        efd_stamp=time.time(),
-    )
-
-
 COLLECT_EVERY_S = 2.0
 """The completion collector reads this often: each read of its partition costs the embedded
 broker a listing of every batch there (~14,500 by the end of a night at 20x: ~12 ms by the
 slope measured in docs/night.md, E1)."""
-
-
-def for_alerts(night: Night) -> Night:
-    """The night as the synthetic observatory observes it: each visit pointed at the centre of
-    its template region, one snap (the simulator makes one raw per visit and detector)."""
-    visits = []
-    for v in night.visits:
-        region = region_of(v.ra, v.dec)
-        visits.append(dataclasses.replace(v, ra=region.ra, dec=region.dec, n_snaps=1))
-    return Night(night.source, night.start_utc, visits)
-
-
-def sim_visits(night: Night, run_id: str) -> list[SimVisit]:
-    return [
-        SimVisit(
-            day_obs=v.day_obs,
-            seq_num=v.seq_num,
-            group_id=group_id_for(night, v, run_id),
-            physical_filter=v.physical_filter,
-            ra=v.ra,
-            dec=v.dec,
-            exp_time=v.exp_time,
-            mjd=(night.start_utc.timestamp() + v.start + TAI_MINUS_UTC_S) / 86400 + MJD_UNIX_EPOCH,
-        )
-        for v in night.visits
-    ]
-
-
-async def prepare_data(night: Night, config: ReplayConfig, run_id: str) -> list[dict[str, Any]]:
-    """Generate what the alert payload reads; returns the truth table."""
-    visits = sim_visits(night, run_id)
-    root = config.data_root.resolve()
-    t0 = time.monotonic()
-    if not config.quiet:
-        print(f"generating data in {root} ({len(visits)} visits x {len(config.detectors)} "
-              "detectors) ...", flush=True)  # fmt: skip
-    await asyncio.to_thread(generate, root, visits, config.detectors, config.sim)
-    if not config.quiet:
-        print(f"  data ready in {time.monotonic() - t0:.1f} s", flush=True)
-    detectors = set(config.detectors)
-    return [row for v in visits for row in read_truth(root, v) if row["detector"] in detectors]
 
 
 async def run_replay(
@@ -324,9 +257,12 @@ async def _drive(
     rng = random.Random(config.seed + 1)
     log_dir = config.log_dir / run_id
     # With chaos, two under one name: the first leads, the second stands by.
+    order_env = {"PROMPT_DISPATCH_ORDER": config.dispatch_order}
     services: list[ServiceProcess] = [
-        start_dispatcher(settings, log_dir=log_dir, log_name="dispatcher-0")
+        start_dispatcher(settings, log_dir=log_dir, log_name="dispatcher-0", extra_env=order_env)
     ]
+    drop = config.faults.capacity_drop
+    cut = CapacityCut(drop, s, config.seed) if drop else None
     service = services[0]
     pilots: dict[str, PilotProcess] = {}
     kills: list[tuple[float, str]] = []
@@ -361,6 +297,9 @@ async def _drive(
         pilots.pop(pid).kill()
         kills.append((time.time(), pid))
 
+    def kill_cut(pid: str) -> None:
+        pilots.pop(pid).kill()
+
     def replace_pilot(pid: str) -> str:
         """Chaos: under a new id, so that its registration is unambiguous."""
         new = f"{pid.split('.')[0]}.r{len(kills)}"
@@ -370,11 +309,13 @@ async def _drive(
     try:
         await service.wait_ready()
         if config.chaos is not None:
-            services.append(start_dispatcher(settings, log_dir=log_dir, log_name="dispatcher-1"))
+            services.append(start_dispatcher(
+                settings, log_dir=log_dir, log_name="dispatcher-1", extra_env=order_env
+            ))  # fmt: skip
             chaos = Chaos(
                 chaos_schedule(plan.end_wall, config.chaos),
                 ChaosTargets(stack, services, lambda: sorted(pilots), kill_pilot, replace_pilot,
-                             connected_ids, config.pilots, log_dir, settings),
+                             connected_ids, config.pilots, log_dir, settings, order_env),
                 config.chaos, s,
             )  # fmt: skip
         for i in range(config.pilots):
@@ -423,6 +364,8 @@ async def _drive(
                     if restarts and restarts[0][0] <= now:
                         spawn(restarts.pop(0)[1])
                         continue
+                    if cut is not None and cut.step(now, pilots, kill_cut, spawn):
+                        continue
                     wait = event.wall - now
                     pacer.idle(wait)
                     if wait <= 0:
@@ -443,7 +386,9 @@ async def _drive(
                     await sender.cancel(groups[v.index], v.visit_id)
                 elif event.kind == IMAGE:
                     await images.publish(v, groups[v.index], event.detector, event.snap)
-                delayed = chaos is not None and chaos.disturbed(event.wall)
+                delayed = (chaos is not None and chaos.disturbed(event.wall)) or (
+                    cut is not None and cut.disturbed(event.wall, sent)
+                )
                 (excused if delayed else lags).append((v.index, sent - event.wall))
             await images.drain()
             for _, pid in restarts:  # replacements still due
@@ -454,7 +399,11 @@ async def _drive(
             # Everything sent: wait for every job's completion (expiry bounds the wait).
             grace = (max(v.visit_time for v in night.visits) * 2 + 60 + 4 * config.run_mean_s) / s
             deadline = time.monotonic() + grace + 30
+            if cut is not None:  # the pilots come back at the window's end, however late
+                deadline += max(0.0, cut.window[1] - (time.monotonic() - t0))
             while len(collector.by_job) < plan.jobs and time.monotonic() < deadline:
+                if cut is not None:
+                    cut.step(time.monotonic() - t0, pilots, kill_cut, spawn)
                 pacer.idle(0.2)
                 await asyncio.sleep(0.2)
                 progress.maybe_print(collector, len(night.visits))
@@ -487,6 +436,7 @@ async def _drive(
         excused_lags=excused,
         double_ready=chaos.watch.double_ready if chaos and chaos.watch else 0,
         storage=storage,
+        capacity=cut,
     )
 
 

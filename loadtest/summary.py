@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from loadtest.chaos import FAILOVER_LIMIT_S, failover_s
+from loadtest.capacity import PHASES, image_phases
+from loadtest.chaos import FAILOVER_LIMIT_S, SETTLE_S, failover_s
 from loadtest.checks import TrendLimits, driver_lag_by_visit, tenths, trend, validity
 from loadtest.plan import relaxed_for_faults
 from loadtest.replay import ReplayResult
@@ -48,6 +49,8 @@ def summarize_replay(result: ReplayResult) -> dict[str, Any]:
     by_key = _by_key(result)
     statuses = Counter(r["status"] for r in result.records)
     windows = [(f.wall_s, f.wall_s + (f.recovery_s or 0.0)) for f in result.faults]
+    if result.capacity is not None:
+        windows.append(result.capacity.window)
     expected, relaxed = relaxed_for_faults(plan, windows, speed)
     lost = [k for k in plan.expected if k not in by_key]
     duplicates = sum(len(v) - 1 for v in by_key.values())
@@ -56,14 +59,6 @@ def summarize_replay(result: ReplayResult) -> dict[str, Any]:
     )
     delivered = [k for k in plan.expected if k[0] not in plan.canceled and k not in plan.missing]
     ran = [r for r in result.records if r["latencySeconds"] is not None]
-    within = sum(
-        1
-        for k in delivered
-        if k in by_key
-        and by_key[k][0]["latencySeconds"] is not None
-        and by_key[k][0]["status"] in ("finished", "late")
-        and by_key[k][0]["latencySeconds"] * speed <= BUDGET_S
-    )
     overhead = [(r["started"] - r["imageArrived"]) * 1e3 for r in ran if r["started"]]
     dispatch = [r["dispatchMs"] for r in ran if r["dispatchMs"] is not None]
     stage_totals: dict[str, list[float]] = {}
@@ -74,6 +69,7 @@ def summarize_replay(result: ReplayResult) -> dict[str, Any]:
     return {
         "night": result.night.source,
         "mode": result.config.mode,
+        "dispatch_order": result.config.dispatch_order,
         "speed": speed,
         "visits": len(result.night.visits),
         "jobs": plan.jobs,
@@ -82,7 +78,7 @@ def summarize_replay(result: ReplayResult) -> dict[str, Any]:
         "duplicates": duplicates,
         "wrong_status": len(wrong),
         "wrong_status_examples": [f"visit {k[0]} detector {k[1]}: {s}" for k, s in wrong[:10]],
-        "budget_met": round(within / len(delivered), 5) if delivered else None,
+        "budget_met": budget_met(delivered, by_key, speed),
         "latency_s": summarize([r["latencySeconds"] * speed for r in ran], 2),
         "overhead_ms": summarize(overhead, 1),
         "dispatch_ms": summarize(dispatch, 2),
@@ -102,6 +98,47 @@ def summarize_replay(result: ReplayResult) -> dict[str, Any]:
         "dispatch_ms, stage_ms_mean, produce_ms, broker_fetch_ms: real wall milliseconds",
         **(_science(result) if result.config.payload == "alert" else {}),
         **(_chaos(result, relaxed) if result.config.chaos is not None else {}),
+        **(_capacity(result, delivered, by_key) if result.capacity is not None else {}),
+    }
+
+
+def budget_met(
+    keys: list[tuple[int, int]], by_key: dict[tuple[int, int], list[dict[str, Any]]], speed: float
+) -> float | None:
+    """The fraction of ``keys`` (delivered jobs) that finished (or ran late) within the budget
+    of their image's arrival; None for no keys."""
+    within = sum(
+        1
+        for k in keys
+        if k in by_key
+        and by_key[k][0]["latencySeconds"] is not None
+        and by_key[k][0]["status"] in ("finished", "late")
+        and by_key[k][0]["latencySeconds"] * speed <= BUDGET_S
+    )
+    return round(within / len(keys), 5) if keys else None
+
+
+def _capacity(
+    result: ReplayResult,
+    delivered: list[tuple[int, int]],
+    by_key: dict[tuple[int, int], list[dict[str, Any]]],
+) -> dict[str, Any]:
+    """The capacity cut's window and budget_met by when each visit's images arrived."""
+    assert result.capacity is not None
+    speed = result.config.timing.speed
+    phase = image_phases(result.plan, result.capacity.window)
+    by_phase = {
+        p: budget_met([k for k in delivered if phase.get(k[0]) == p], by_key, speed) for p in PHASES
+    }
+    later = [k for k in delivered if phase.get(k[0]) in ("during", "after")]
+    return {
+        "capacity_drop": {
+            **result.capacity.as_dict(),
+            "visits_by_phase": {p: sum(1 for v in phase.values() if v == p) for p in PHASES},
+            "budget_met_by_phase": by_phase,
+            "budget_met_during_or_after": budget_met(later, by_key, speed),
+            "events_excused_from_driver_lag": len(result.excused_lags),
+        }
     }
 
 
@@ -288,7 +325,8 @@ def _science(result: ReplayResult) -> dict[str, Any]:
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     lat, ovh = summary["latency_s"], summary["overhead_ms"]
     return [
-        f"replay ({summary['mode']}, {summary['speed']}x) of {summary['night']}",
+        f"replay ({summary['mode']}, {summary['speed']}x, dispatch order "
+        f"{summary['dispatch_order']}) of {summary['night']}",
         f"visits {summary['visits']}  jobs {summary['jobs']}  finished {summary['finished']}  "
         f"failed {summary['failed']}  late {summary['late']}  expired {summary['expired']}  "
         f"canceled {summary['canceled']}",
@@ -301,6 +339,25 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         *_night_lines(summary),
         *_science_lines(summary),
         *_chaos_lines(summary),
+        *_capacity_lines(summary),
+    ]
+
+
+def _capacity_lines(summary: dict[str, Any]) -> list[str]:
+    if "capacity_drop" not in summary:
+        return []
+    c = summary["capacity_drop"]
+    start, end = c["window_night_s"]
+    by = c["budget_met_by_phase"]
+    return [
+        f"capacity drop {c['fraction']} of the pilots ({', '.join(c['pilots_dropped'])}) "
+        f"night {start:g}-{end:g} s (wall {c['dropped_wall_s']} -> {c['restored_wall_s']} s)  "
+        f"dispatch order {summary['dispatch_order']}",
+        f"budget_met overall {summary['budget_met']}  images during/after the window "
+        f"{c['budget_met_during_or_after']}  by phase: before {by['before']}  during "
+        f"{by['during']}  after {by['after']}  (visits {c['visits_by_phase']})",
+        f"  events excused from driver lag (sent within {SETTLE_S} s of the kill or the "
+        f"restart) {c['events_excused_from_driver_lag']}",
     ]
 
 

@@ -11,8 +11,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from prompt.config import Settings
+from prompt.config import S3Settings, Settings
 from prompt.kafka import aiokafka_options
+from prompt.stack import Endpoints
 
 
 def run_prompt(
@@ -28,6 +29,16 @@ def run_prompt(
         timeout=timeout,
         env=full_env,
         cwd=Path(__file__).parent.parent,
+    )
+
+
+def stack_settings(stack: Endpoints, state_dir: Path) -> Settings:
+    """Settings for a replay on the session's stack (``state_dir``: the run's own)."""
+    return Settings(
+        database_url=stack.database_url,
+        kafka_bootstrap=stack.kafka_bootstrap,
+        state_dir=state_dir,
+        s3=stack.s3 or S3Settings(),
     )
 
 

@@ -19,11 +19,10 @@ from loadtest.report import PLOTS, write_report
 from loadtest.schedule import synthetic_night
 from loadtest.science import read_length_prefixed
 from loadtest.summary import summarize_replay
-from prompt.config import S3Settings, Settings
 from prompt.pipeline.alerts import decode, validate
 from prompt.s3 import s3_env
 from prompt.stack import Endpoints
-from tests.helpers import run_prompt
+from tests.helpers import run_prompt, stack_settings
 
 pytestmark = pytest.mark.stack
 
@@ -42,12 +41,7 @@ def chromium() -> str:
 async def test_replay_with_faults_accounts_for_every_job(
     prompt_stack: Endpoints, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        database_url=prompt_stack.database_url,
-        kafka_bootstrap=prompt_stack.kafka_bootstrap,
-        state_dir=tmp_path / "state",
-        s3=prompt_stack.s3 or S3Settings(),
-    )
+    settings = stack_settings(prompt_stack, tmp_path / "state")
     night = synthetic_night(seed=5).select(6, "40")
     config = ReplayConfig(
         timing=Timing(speed=20),

@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--slots", type=int, default=96, help="warm workers per pilot")
     d.add_argument("--sleep-s", type=float, default=0.1, help="sleep payload duration")
     d.add_argument("--warmup", type=int, default=1, help="untimed visits first (reported apart)")
+    d.add_argument(
+        "--floor", action="store_true",
+        help="then a bare uvloop push of the same bursts to pilots x slots warm processes: "
+        "the floor, and prompt's burst p50 as a multiple of it",
+    )  # fmt: skip
     d.add_argument("--json", type=Path, help="also write the result here")
     d.add_argument("--logs", type=Path, default=Path(".prompt/bench-logs"))
     pl = kinds.add_parser(
@@ -91,7 +96,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "dispatch_ms will include waiting for a free slot"
         )
     result = asyncio.run(run_bench(settings, shape, args.logs))
+    if args.floor:  # after prompt's processes are gone: the two never share the cores
+        from prompt.bench.floor import FloorShape, floor_line, measure_floor, with_floor
+
+        floor = FloorShape(
+            processes=shape.pilots * shape.slots, jobs=shape.detectors, bursts=shape.visits,
+            warmup=shape.warmup,
+        )  # fmt: skip
+        result = with_floor(result, measure_floor(floor))
     print_json(result)
+    if args.floor:
+        print(floor_line(result))
     if args.json:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     ok = result["lost"] == 0 and result["duplicates"] == 0

@@ -69,6 +69,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="warm",
         help="cold: no resurrection/preload, polling pilots; both: side by side",
     )
+    run.add_argument(
+        "--dispatch-order", choices=["feasible", "fifo"], default="feasible",
+        help="the dispatcher's order under overload (PROMPT_DISPATCH_ORDER): jobs that can "
+        "still make their deadline first, or first come first served",
+    )  # fmt: skip
     run.add_argument("--poll-s", type=float, default=2.0, help="cold pilots' poll period (night s)")
     faults = p.add_argument_group("faults")
     faults.add_argument("--missing-images", type=float, default=0.0)
@@ -76,6 +81,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     faults.add_argument("--late-images", type=float, default=0.0)
     faults.add_argument("--canceled-visits", type=float, default=0.0)
     faults.add_argument("--kill-pilots", type=int, default=0)
+    faults.add_argument(
+        "--capacity-drop", metavar="FRACTION@START-END",
+        help="that fraction of the pilots killed for a window of night time after the start, "
+        "then started again, e.g. 0.5@10m-15m; budget_met is reported by when images arrived",
+    )  # fmt: skip
     faults.add_argument(
         "--chaos", action="store_true",
         help="seeded kill -9 of the leading dispatcher (of two), a pilot, PostgreSQL and the "
@@ -95,6 +105,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
+    from loadtest.capacity import parse_capacity_drop
     from loadtest.chaos import ChaosConfig
     from loadtest.checks import LagTolerance
     from loadtest.plan import Faults, Timing
@@ -119,8 +130,11 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
             else synthetic_night(args.seed)
         ).select(args.visits, args.start)
         detectors = tuple(Detectors(include=args.detectors).resolve())
+        drop = parse_capacity_drop(args.capacity_drop) if args.capacity_drop else None
     except (OSError, ValueError) as exc:
         return fail(str(exc))
+    if drop is not None and args.pilots < 2:
+        return fail("--capacity-drop needs --pilots 2 or more (one always stays)")
     if args.chaos:  # the broker is killed: it must keep its topics (see docs)
         settings = settings.with_overrides(broker_storage="s3")
     chaos_seed = args.chaos_seed if args.chaos_seed is not None else args.seed
@@ -133,7 +147,7 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
             faults=Faults(
                 missing_images=args.missing_images, duplicate_events=args.duplicate_events,
                 late_images=args.late_images, canceled_visits=args.canceled_visits,
-                kill_pilots=args.kill_pilots,
+                kill_pilots=args.kill_pilots, capacity_drop=drop,
             ),
             detectors=detectors, mode=mode, pilots=args.pilots, slots=slots,
             payload=args.payload, run_mean_s=args.run_s, poll_s=args.poll_s, seed=args.seed,
@@ -141,7 +155,7 @@ def run_cmd(args: argparse.Namespace, settings: Settings) -> int:
             image_partitions=args.image_partitions, sample_s=args.sample_s,
             lag_tolerance=LagTolerance(p99_s=args.max_driver_lag_s),
             chaos=ChaosConfig(seed=chaos_seed) if args.chaos else None,
-            images="avro" if args.avro_images else "s3",
+            images="avro" if args.avro_images else "s3", dispatch_order=args.dispatch_order,
         )  # fmt: skip
         print(f"replaying {len(night.visits)} visits x {len(detectors)} detectors "
               f"({mode}, {speed}x) ...", flush=True)  # fmt: skip
