@@ -40,6 +40,7 @@ from prompt.events import (
     limits,
 )
 from prompt.events.raw_metadata import RawMetadataResolver
+from prompt.events.wire import MAGIC
 from prompt.metrics import DispatcherMetrics
 from prompt.store.errors import DB_ERRORS, is_transient
 
@@ -73,6 +74,7 @@ class Intake:
         self._rt = runtime
         self._writer = writer
         self._codecs = codecs
+        self._image_codec = codecs["image-arrival"]
         self._dlq = dead_letters
         self._metrics = metrics
         self._health = health
@@ -131,20 +133,38 @@ class Intake:
         await self._guarded(msg, kind, "intake-control", handle)
 
     async def run_images(self) -> None:
+        counted = self._metrics.consumed_by["image-arrival"]
         while not self._stopping.is_set():
             batch = await self.consumers.fetch("images")
             for msgs in batch.values():
                 for msg in msgs:
-                    await self._image_message(msg)
+                    consumed = time.time()
+                    counted.inc()
+                    if not self._image_now(msg, consumed):
+                        await self._image_message(msg, consumed)
                 if msgs:
                     last = msgs[-1]
                     self._writer.offset(last.topic, last.partition, last.offset + 1)
                     self.positions[(last.topic, last.partition)] = last.offset + 1
 
-    async def _image_message(self, msg: ConsumerRecord[Any, Any]) -> None:
-        consumed = time.time()
-        self._metrics.consumed_by["image-arrival"].inc()
+    def _image_now(self, msg: ConsumerRecord[Any, Any], consumed: float) -> bool:
+        """The usual image at memory speed: Avro whose writer schema is known, within limits,
+        its visit in memory; no coroutine, no closure. False, with nothing done, for anything
+        else (a bucket notification, a schema to fetch, a visit to build, an event in error):
+        ``_image_message`` then takes it, and dead-letters or retries it with the reason."""
+        value = msg.value
+        if not value or value[0] != MAGIC:
+            return False
+        try:
+            record = self._image_codec.decode_cached(value)
+            if record is None:
+                return False
+            arrival = limits.image_arrival(ImageArrival.from_record(record))
+            return self._rt.image_now(arrival, consumed)
+        except EventError:
+            return False
 
+    async def _image_message(self, msg: ConsumerRecord[Any, Any], consumed: float) -> None:
         async def handle() -> None:
             items = await decode_image_message(self._codecs["image-arrival"], msg.value)
             for item in items:

@@ -208,6 +208,13 @@ class Runtime:
         if at is not None:
             self.writer.offset(at[0], at[1], at[2] + 1)
 
+    def image_now(self, arrival: ImageArrival, consumed: float) -> bool:
+        """The image applied in memory; False (and nothing done) if its visit must be built
+        from the database first: then call ``image``."""
+        build, effects = self.engine.image(arrival, consumed)
+        self.apply(effects)
+        return build is None
+
     async def image(self, arrival: ImageArrival, consumed: float) -> None:
         """In memory, except with a scheduling that builds a visit at its first image: then
         its task is read from the database and resurrected first, on the image path."""

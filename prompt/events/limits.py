@@ -10,6 +10,7 @@ shows a short preview of the value, never the value itself.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
 from typing import Any, Final
@@ -36,6 +37,10 @@ EARLIEST: Final = dt.datetime(1990, 1, 1, tzinfo=dt.UTC).timestamp()
 LATEST: Final = dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp()
 _INSTRUMENT = re.compile(r"[A-Za-z0-9_.\-]*")
 _ISO_DATE = re.compile(r"(\d{4})-(\d\d)-(\d\d)T")
+_REMEMBERED = 4096
+"""Distinct valid group ids (and instrument names) whose pattern checks are remembered: an
+image burst repeats one group id per detector. Only valid values are kept (a check that
+raises is not cached), and only after their length is checked, so memory stays bounded."""
 
 
 def _bad(field: str, why: str, value: object) -> InvalidEventError:
@@ -77,7 +82,11 @@ def timestamp(field: str, value: object) -> float:
 
 def group_id(value: object) -> str:
     """A group id: bounded text; when it starts with an ISO date, a date of the survey era."""
-    gid = text("groupId", value, GROUP_ID_LIMIT)
+    return _dated(text("groupId", value, GROUP_ID_LIMIT))
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _dated(gid: str) -> str:
     m = _ISO_DATE.match(gid)
     if m is not None:
         try:
@@ -90,7 +99,11 @@ def group_id(value: object) -> str:
 
 
 def instrument(value: object) -> str:
-    name = text("instrument", value, INSTRUMENT_LIMIT)
+    return _instrument_name(text("instrument", value, INSTRUMENT_LIMIT))
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _instrument_name(name: str) -> str:
     if not _INSTRUMENT.fullmatch(name):
         raise _bad("instrument", "is not a name of letters, digits, '_', '.' or '-'", name)
     return name
