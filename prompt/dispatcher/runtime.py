@@ -94,6 +94,11 @@ class Runtime:
         for effect in effects:
             self._carry[type(effect)](effect)
 
+    def hand_off(self) -> None:
+        """Write the frames queued for pilots now, not at the end of this event-loop step."""
+        for channel in self.channels.values():
+            channel.flush()
+
     def _send(self, send: Send) -> None:
         channel = self.channels.get(send.pilot)
         try:
