@@ -47,10 +47,12 @@ from prompt.store.errors import DB_ERRORS, is_transient
 log = structlog.get_logger(__name__)
 
 
-HAND_OFF_EVERY_S: Final = 0.0005
-"""Within a fetch batch, the job frames already decided leave for the pilots at least this
-often. A batch is handled in one event-loop step (a burst of 189 images takes milliseconds),
-and corked frames otherwise leave only when it ends: the pilots would idle meanwhile."""
+FIRST_HAND_OFF: Final = 16
+"""Within a fetch batch, the job frames already decided leave for the pilots after this many
+images, then each time the count doubles (16, 32, 64, 128 ...), and at the end. A batch is
+handled in one event-loop step (a burst of 189 images takes milliseconds), and corked
+frames otherwise leave only when it ends: the pilots would idle meanwhile. Few hand-offs,
+not one per time slice: each wakes every pilot, which on a busy host preempts the intake."""
 
 
 class RejectedError(EventError):
@@ -142,16 +144,17 @@ class Intake:
         counted = self._metrics.consumed_by["image-arrival"]
         while not self._stopping.is_set():
             batch = await self.consumers.fetch("images")
-            handed_off = time.time()
+            handled, hand_off_at = 0, FIRST_HAND_OFF
             for msgs in batch.values():
                 for msg in msgs:
                     consumed = time.time()
                     counted.inc()
                     if not self._image_now(msg, consumed):
                         await self._image_message(msg, consumed)
-                    if consumed - handed_off >= HAND_OFF_EVERY_S:
+                    handled += 1
+                    if handled == hand_off_at:
                         self._rt.hand_off()
-                        handed_off = consumed
+                        hand_off_at *= 2
                 if msgs:
                     last = msgs[-1]
                     self._writer.offset(last.topic, last.partition, last.offset + 1)
