@@ -35,6 +35,8 @@ def clean_text(text: str) -> str:
 
 def has_control(text: str) -> bool:
     """Whether ``text`` holds a control character (identifiers, keys and URIs must not)."""
+    if text.isascii() and text.isprintable():  # the usual case, decided in C without a regex
+        return False
     return _CONTROL.search(text) is not None
 
 

@@ -221,7 +221,7 @@ class Sim:
             obs_id=f"MC_O_20250501_{nv.script_sal_index:06d}_{snap}",
             event_time=self.clock.wall(),
         )
-        return dataclasses.replace(arrival, **changes)
+        return arrival._replace(**changes)
 
     def image(self, nv: NextVisit, detector: int, snap: int = 0, **changes: Any) -> None:
         self.deliver(self.arrival(nv, detector, snap, **changes))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from prompt.bounds import has_control
 from prompt.config import Settings, Topics
 from prompt.dispatcher.engine.model import Visit, _day_obs
 from prompt.events import (
@@ -87,6 +89,8 @@ def test_hostile_image_arrivals_are_sane_or_invalid(record: dict[str, Any]) -> N
     value = CODECS[EventKind.IMAGE_ARRIVAL].encode(record)
     (arrival,) = asyncio.run(decode_image_message(CODECS[EventKind.IMAGE_ARRIVAL], value))
     assert isinstance(arrival, ImageArrival)
+    if limits._plainly_valid(arrival):  # the quick pass never lets through what the checks refuse
+        assert limits._checked_image(arrival) is arrival
     try:
         limits.image_arrival(arrival)
     except EventError:
@@ -117,6 +121,31 @@ def test_a_visit_of_any_valid_next_visit_can_be_built(record: dict[str, Any]) ->
     except EventError:
         return
     Visit(1, nv, None, time.time(), time.time())  # type: ignore[arg-type]
+
+
+ANY_TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()))
+
+
+@given(text=ANY_TEXT)
+def test_the_quick_control_character_check_agrees_with_its_definition(text: str) -> None:
+    """``has_control`` decides printable ASCII without its regex; any text gets one answer."""
+    assert has_control(text) == (re.search(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]", text) is not None)
+
+
+def test_remembered_checks_remember_only_what_passed() -> None:
+    """Group ids and instrument names that passed are remembered; a bad one fails every time."""
+    for _ in range(3):
+        assert limits.group_id("2025-02-28T00:00:00.001") == "2025-02-28T00:00:00.001"
+        with pytest.raises(EventError, match="impossible date"):
+            limits.group_id("2025-02-30T00:00:00.001")
+        with pytest.raises(EventError, match="outside 1990-2099"):
+            limits.group_id("1899-01-01T00:00:00")
+        with pytest.raises(EventError, match="control character"):
+            limits.group_id("2025-02-28T00:00:00\x00")
+        with pytest.raises(EventError, match="letters, digits"):
+            limits.instrument("LSST Cam")
+        with pytest.raises(EventError, match="characters long"):
+            limits.group_id("x" * (limits.GROUP_ID_LIMIT + 1))
 
 
 BATCH = st.tuples(

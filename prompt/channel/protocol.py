@@ -76,8 +76,9 @@ class Channel:
     """A framed connection with corked writes.
 
     ``send`` never blocks and never awaits: frames queued during one event-loop step leave in a
-    single write at the end of that step. A burst of jobs for one pilot is one syscall and one
-    wake-up of the pilot, instead of one per job. ``drain`` is awaited off the hot path.
+    single write at the end of that step (or at an earlier ``flush``). A burst of jobs for one
+    pilot is a few syscalls and wake-ups of the pilot, instead of one per job. ``drain`` is
+    awaited off the hot path.
     """
 
     __slots__ = ("_flush_scheduled", "_loop", "_out", "_reader", "_writer", "peer")

@@ -94,6 +94,11 @@ class Runtime:
         for effect in effects:
             self._carry[type(effect)](effect)
 
+    def hand_off(self) -> None:
+        """Write the frames queued for pilots now, not at the end of this event-loop step."""
+        for channel in self.channels.values():
+            channel.flush()
+
     def _send(self, send: Send) -> None:
         channel = self.channels.get(send.pilot)
         try:
@@ -207,6 +212,13 @@ class Runtime:
             self.apply(self.engine.canceled_unannounced(group, consumed))
         if at is not None:
             self.writer.offset(at[0], at[1], at[2] + 1)
+
+    def image_now(self, arrival: ImageArrival, consumed: float) -> bool:
+        """The image applied in memory; False (and nothing done) if its visit must be built
+        from the database first: then call ``image``."""
+        build, effects = self.engine.image(arrival, consumed)
+        self.apply(effects)
+        return build is None
 
     async def image(self, arrival: ImageArrival, consumed: float) -> None:
         """In memory, except with a scheduling that builds a visit at its first image: then
