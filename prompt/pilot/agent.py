@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import ssl
@@ -289,6 +290,8 @@ class Pilot:
                 self._on_ack(msg)
             elif kind == p.DRAIN:
                 self.draining = True
+            elif kind == p.WITHDRAW:
+                self._on_withdraw(channel, msg)
             else:
                 log.warning("unexpected message from dispatcher", type=kind)
 
@@ -331,9 +334,30 @@ class Pilot:
         self.queued.append(msg)
         self._start_queued()
 
+    def _on_withdraw(self, channel: Channel, msg: Message) -> None:
+        """The dispatcher wants a queued job back (another pilot is free, or it was canceled):
+        given back only if not started, so the attempt runs here or nowhere."""
+        key = (msg["job"], msg["attempt"])
+        where = next(
+            (i for i, q in enumerate(self.queued) if (q["job"], q["attempt"]) == key), None
+        )
+        if where is not None:
+            del self.queued[where]
+        channel.send(
+            {"t": p.WITHDRAWN, "job": key[0], "attempt": key[1], "withdrawn": where is not None}
+        )
+
+    def _next_queued(self) -> Message:
+        """The queued job with the lowest rank (the dispatcher's order), the first of equals."""
+        queued = self.queued
+        best = min(range(len(queued)), key=lambda i: queued[i].get("rank", math.inf))
+        msg = queued[best]
+        del queued[best]
+        return msg
+
     def _start_queued(self) -> None:
         while self.queued and self.free_slots > 0:
-            msg = self.queued.popleft()
+            msg = self._next_queued()
             job = msg["job"]
             try:
                 keys = self.calibs.keys(msg["fields"])

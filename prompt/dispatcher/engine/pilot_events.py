@@ -12,6 +12,7 @@ from prompt.bounds import bound_counts, bound_error, bound_log, bound_stages, fi
 from prompt.channel import frames
 from prompt.channel.messages import Ack
 from prompt.dispatcher.engine.book import Desk
+from prompt.dispatcher.engine.dispatch import Dispatch
 from prompt.dispatcher.engine.effects import Disconnect, SaveJob, SavePilot, Send
 from prompt.dispatcher.engine.lifecycle import Lifecycle
 from prompt.dispatcher.engine.model import ON_PILOT, JobState
@@ -25,6 +26,7 @@ log = structlog.get_logger(__name__)
 class PilotEvents(Desk):
     scheduling: Scheduling
     lifecycle: Lifecycle
+    dispatch: Dispatch
     """Set by the engine."""
 
     def registered(
@@ -63,6 +65,8 @@ class PilotEvents(Desk):
                 and claimed_job.pilot_id == pilot.id
             ):
                 pilot.running[job_id] = claimed_job
+                if job_id in self.book.withdrawing:  # the request may have gone with the link
+                    self.dispatch.withdraw(claimed_job, self.book.withdrawing[job_id])
         self.out.append(SavePilot(self._row(pilot, "connected")))
         self.scheduling.capacity(pilot)
         return pilot
@@ -147,6 +151,7 @@ class PilotEvents(Desk):
             "log": bound_log(msg.get("log") or ""),
         }
         if msg.get("ok") is True:
+            self.book.queues.order.runtimes.observe(job)
             job.error, job.failure = None, None
             late = job.deadline is not None and job.finished > job.deadline
             self.lifecycle.complete(job, JobState.LATE if late else JobState.FINISHED, then=then)
@@ -154,6 +159,30 @@ class PilotEvents(Desk):
             error = bound_error(msg.get("error") or "payload failed")
             kind = FailureKind.parse(msg.get("failure"))
             self.lifecycle.failed_attempt(job, kind, error, then=then)
+        self.scheduling.capacity(pilot)
+
+    def withdrawn(self, pilot: PilotState, msg: dict[str, Any]) -> None:
+        """The pilot's answer to ``withdraw``: it gave the attempt back unstarted (it never
+        runs it: a new attempt may go elsewhere), or it had started it (it runs there)."""
+        job = self.book.jobs.get(msg["job"])
+        if (
+            job is None
+            or job.attempt != msg["attempt"]
+            or job.pilot_id != pilot.id
+            or job.state is not JobState.SENT
+        ):
+            return
+        to = self.book.withdrawing.pop(job.id, pilot.id)
+        if msg.get("withdrawn") is not True:
+            return
+        pilot.running.pop(job.id, None)
+        job.withdrawals += 1
+        if to is None:
+            self.lifecycle.cancel(job)
+        else:
+            job.state = JobState.READY
+            self.out.append(SaveJob(job))
+            self.scheduling.ready(job)
         self.scheduling.capacity(pilot)
 
     def check_liveness(self) -> None:
