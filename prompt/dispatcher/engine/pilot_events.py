@@ -165,15 +165,10 @@ class PilotEvents(Desk):
         """The pilot's answer to ``withdraw``: it gave the attempt back unstarted (it never
         runs it: a new attempt may go elsewhere), or it had started it (it runs there)."""
         job = self.book.jobs.get(msg["job"])
-        if (
-            job is None
-            or job.attempt != msg["attempt"]
-            or job.pilot_id != pilot.id
-            or job.state is not JobState.SENT
-        ):
+        if job is None or job.attempt != msg["attempt"] or job.pilot_id != pilot.id:
             return
         to = self.book.withdrawing.pop(job.id, pilot.id)
-        if msg.get("withdrawn") is not True:
+        if msg.get("withdrawn") is not True or job.state not in ON_PILOT:
             return
         pilot.running.pop(job.id, None)
         job.withdrawals += 1
