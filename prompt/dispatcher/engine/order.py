@@ -32,10 +32,11 @@ class Runtimes:
             return
         seconds = max(0.0, job.finished - job.started)
         task = job.visit.task.id
-        mean = self._mean.get(task)
-        self._mean[task] = seconds if mean is None else mean + self._weight * (seconds - mean)
-        mean = self._all
-        self._all = seconds if mean is None else mean + self._weight * (seconds - mean)
+        self._mean[task] = self._moved(self._mean.get(task), seconds)
+        self._all = self._moved(self._all, seconds)
+
+    def _moved(self, mean: float | None, seconds: float) -> float:
+        return seconds if mean is None else mean + self._weight * (seconds - mean)
 
     def estimate(self, job: Job) -> float:
         return self._mean.get(job.visit.task.id, 0.0)
