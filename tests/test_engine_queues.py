@@ -4,8 +4,6 @@ tail), the pilot's bounded backlog and taking jobs back from it, and the order c
 
 from __future__ import annotations
 
-from collections import deque
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from prompt.dispatcher.engine import JobState
 from prompt.dispatcher.engine.order import order
 from prompt.events import NextVisit
-from prompt.pilot.agent import Pilot
+from prompt.pilot.backlog import Backlog
 from tests.engine_harness import Sim, make_task, preloaded
 
 
@@ -167,11 +165,15 @@ def test_the_backlog_goes_out_in_deadline_order_with_its_rank() -> None:
     assert [f["rank"] for f in frames] == sorted(f["deadline"] for f in frames)
 
 
-def test_the_pilot_starts_its_queued_jobs_by_rank() -> None:
-    queued = deque({"job": j, "attempt": 1, "rank": r} for j, r in ((1, 9.0), (2, 3.0), (3, 3.0)))
-    pilot: Any = SimpleNamespace(queued=queued)
-    picked = [Pilot._next_queued(pilot)["job"] for _ in range(3)]
-    assert picked == [2, 3, 1]
+def test_the_pilot_starts_its_queued_jobs_by_rank_and_gives_back_one_not_started() -> None:
+    backlog = Backlog()
+    for job, rank in ((1, 9.0), (2, 3.0), (3, 3.0), (4, 1.0)):
+        backlog.add({"job": job, "attempt": 1, "rank": rank})
+    assert (4, 1) in backlog and (4, 2) not in backlog
+    assert backlog.remove((4, 1)) is True
+    assert backlog.remove((4, 1)) is False
+    assert [backlog.pop()["job"] for _ in range(3)] == [2, 3, 1]
+    assert len(backlog) == 0
 
 
 # ---- taking jobs back -----------------------------------------------------------------------

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import socket
 import ssl
 import time
-from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +26,7 @@ from prompt.channel import protocol as p
 from prompt.channel.protocol import Channel, Message, ProtocolError
 from prompt.channel.tls import closed_before_welcome, untrusted_dispatcher
 from prompt.pilot.alerts import AlertPublisher
+from prompt.pilot.backlog import Backlog
 from prompt.pilot.cache import CacheKey, CalibrationCache
 from prompt.pilot.calibrations import CalibrationSource
 from prompt.pilot.loading import CalibrationLoader
@@ -105,7 +104,7 @@ class Pilot:
         )  # fmt: skip
         self.channel: Channel | None = None
         self.running: dict[int, Message] = {}
-        self.queued: deque[Message] = deque()
+        self.queued = Backlog()
         self.unacked: dict[JobKey, Message] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._reserved = 0
@@ -329,35 +328,21 @@ class Pilot:
         running = self.running.get(msg["job"])
         if running is not None and running["attempt"] == msg["attempt"]:
             return  # a repeated push of a job this pilot already has
-        if any(q["job"] == msg["job"] and q["attempt"] == msg["attempt"] for q in self.queued):
+        if key in self.queued:
             return
-        self.queued.append(msg)
+        self.queued.add(msg)
         self._start_queued()
 
     def _on_withdraw(self, channel: Channel, msg: Message) -> None:
         """The dispatcher wants a queued job back (another pilot is free, or it was canceled):
         given back only if not started, so the attempt runs here or nowhere."""
         key = (msg["job"], msg["attempt"])
-        where = next(
-            (i for i, q in enumerate(self.queued) if (q["job"], q["attempt"]) == key), None
-        )
-        if where is not None:
-            del self.queued[where]
-        channel.send(
-            {"t": p.WITHDRAWN, "job": key[0], "attempt": key[1], "withdrawn": where is not None}
-        )
-
-    def _next_queued(self) -> Message:
-        """The queued job with the lowest rank (the dispatcher's order), the first of equals."""
-        queued = self.queued
-        best = min(range(len(queued)), key=lambda i: queued[i].get("rank", math.inf))
-        msg = queued[best]
-        del queued[best]
-        return msg
+        withdrawn = self.queued.remove(key)
+        channel.send({"t": p.WITHDRAWN, "job": key[0], "attempt": key[1], "withdrawn": withdrawn})
 
     def _start_queued(self) -> None:
         while self.queued and self.free_slots > 0:
-            msg = self._next_queued()
+            msg = self.queued.pop()
             job = msg["job"]
             try:
                 keys = self.calibs.keys(msg["fields"])
