@@ -119,6 +119,9 @@ class Dispatch(Desk):
         """A ready job: into its holder's queue if the holder takes work, else the unassigned
         one; then to a pilot with room, or an idle one that may take it."""
         holder = self._holder(job)
+        if holder is not None and holder.free > 0 and not self.book.queues:
+            self.push(job, holder)  # nothing waits: no order to keep (the common case)
+            return
         self.book.queues.add(job, holder.id if holder is not None else UNASSIGNED)
         if holder is None:
             holder = self.book.pilots.choose_for_run(
@@ -135,7 +138,7 @@ class Dispatch(Desk):
 
     def fill_all(self) -> None:
         for pilot in self.book.pilots.pilots.values():
-            if pilot.free > 0 or (self.book.queues and self._room(pilot) > 0):
+            if pilot.free > 0 or (self.book.queues and pilot.free + self._depth(pilot) > 0):
                 self.fill(pilot)
 
     def fill(self, pilot: PilotState) -> None:
@@ -145,7 +148,8 @@ class Dispatch(Desk):
         queues = self.book.queues
         now = self.wall()
         typical = queues.order.runtimes.typical() or 0.0
-        while self._room(pilot) > 0:
+        depth = self._depth(pilot)
+        while pilot.free + depth > 0:
             ahead = max(0, len(pilot.running) + 1 - pilot.slots)
             start_at = now + ahead / pilot.slots * typical
             found = self._best(self._sources(pilot), pilot, start_at)
@@ -158,18 +162,15 @@ class Dispatch(Desk):
             queues.discard(found)
             self.push(found, pilot)
 
-    def _room(self, pilot: PilotState) -> int:
-        """Free slots plus the backlog the pilot may hold: the cap, or less when the jobs'
-        recent run time says fewer cover ``backlog_cover_s``."""
-        if not self.backlog:
-            return pilot.free
+    def _depth(self, pilot: PilotState) -> int:
+        """The backlog the pilot may hold beyond its slots: the cap, or less when the jobs'
+        recent run time says fewer cover ``backlog_cover_s`` (one per slot until known)."""
         typical = self.book.queues.order.runtimes.typical()
-        backlog = self.backlog
-        if typical is None:
-            backlog = min(backlog, pilot.slots)
-        elif typical > 0:
-            backlog = min(backlog, math.ceil(pilot.slots * self.config.backlog_cover_s / typical))
-        return pilot.free + backlog
+        if not self.backlog or typical is None:
+            return min(self.backlog, pilot.slots)
+        if typical > 0:
+            return min(self.backlog, math.ceil(pilot.slots * self.config.backlog_cover_s / typical))
+        return self.backlog
 
     def _holder(self, job: Job) -> PilotState | None:
         """The pilot that preloaded the job, if it takes work and has not tried the job."""
