@@ -148,6 +148,14 @@ class Settings(SecretFileSettings):
     affinity_wait_s: float = Field(default=10.0, ge=0)
     """How long a ready job waits for the busy pilot holding its calibrations before another
     pilot takes it (and loads them again)."""
+    dispatch_order: Literal["feasible", "fifo"] = "feasible"
+    """The order ready jobs go out in when they outnumber slots: ``feasible`` is earliest
+    deadline first among the jobs that can still make it (by their task's recent run time),
+    then the hopeless ones (still run, reported late); ``fifo`` is first come first served by
+    image arrival, the baseline to compare."""
+    backlog_per_pilot: int = Field(default=64, ge=0)
+    """Jobs a pilot may hold queued beyond its slots at most (fewer for long jobs), started the
+    moment a worker frees; the dispatcher takes them back for a pilot that would idle."""
     dispatch_mode: Literal["warm", "cold"] = "warm"
     poll_s: float = Field(default=2.0, gt=0)
     """cold mode: how often pilots ask for work (the dispatcher tells them)."""

@@ -119,7 +119,7 @@ def test_run_job_records_stages(kind: str) -> None:
     assert result["finished"] >= result["started"]
 
 
-def test_a_job_waits_for_the_busy_pilot_holding_its_calibrations() -> None:
+def test_a_job_goes_to_its_pilot_with_room_in_its_backlog_else_where_calibrations_are() -> None:
     from types import SimpleNamespace
 
     from prompt.dispatcher.engine.pilots import PilotRegistry, PilotState
@@ -132,16 +132,14 @@ def test_a_job_waits_for_the_busy_pilot_holding_its_calibrations() -> None:
     pilots.pilots = {"holder": holder, "cold": cold}
     job: Any = SimpleNamespace(pilot_id="holder", tried=set(), cache_key=key)
 
-    assert pilots.holder_waiting(job)
-    assert pilots.choose_for_run(job, frozenset(), may_leave_cache=False) is None
+    assert pilots.choose_for_run(job, frozenset(), backlog=1) is holder  # queued there
     warm = PilotState("warm", 4, frozenset(), "", connected=True, cache={key})
     pilots.pilots["warm"] = warm
-    assert pilots.choose_for_run(job, frozenset(), may_leave_cache=False) is warm
+    assert pilots.choose_for_run(job, frozenset()) is warm
     del pilots.pilots["warm"]
-    # Once it has waited long enough (or its pilot is gone) any free pilot takes it.
-    assert pilots.choose_for_run(job, frozenset(), may_leave_cache=True) is cold
+    assert pilots.choose_for_run(job, frozenset()) is cold
     holder.connected = False
-    assert not pilots.holder_waiting(job)
+    assert pilots.choose_for_run(job, frozenset(), backlog=1) is cold
 
 
 def test_a_push_of_an_attempt_whose_result_was_acked_runs_again() -> None:

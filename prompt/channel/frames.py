@@ -22,6 +22,7 @@ PRELOADED: Final = "preloaded"
 STARTED: Final = "started"
 FINISHED: Final = "finished"
 POLL: Final = "poll"  # pilots of a dispatcher that schedules by polling
+WITHDRAWN: Final = "withdrawn"  # the answer to withdraw
 # dispatcher -> pilot
 WELCOME: Final = "welcome"
 REFUSED: Final = "refused"
@@ -29,6 +30,7 @@ PRELOAD: Final = "preload"
 JOB: Final = "job"
 ACK: Final = "ack"
 DRAIN: Final = "drain"
+WITHDRAW: Final = "withdraw"  # give back a queued job not started
 
 Message = dict[str, Any]
 """A decoded frame as received; ``messages.py`` has the typed shape of each kind."""

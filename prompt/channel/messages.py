@@ -45,6 +45,10 @@ class Preload(TypedDict):
 
 
 class JobMessage(TypedDict):
+    """A job to run. It may come while every slot is busy: it then waits in the pilot's
+    queue, which starts the lowest ``rank`` first when a worker frees, until the dispatcher
+    withdraws it."""
+
     t: Literal["job"]
     job: int
     attempt: int
@@ -52,6 +56,26 @@ class JobMessage(TypedDict):
     fields: dict[str, Any]
     timeout_s: float
     deadline: float | None
+    rank: NotRequired[float]
+    """The dispatcher's order (smaller first: the deadline, or the arrival with ``fifo``)."""
+
+
+class Withdraw(TypedDict):
+    """Give this attempt back if it has not started; answered with ``Withdrawn``."""
+
+    t: Literal["withdraw"]
+    job: int
+    attempt: int
+
+
+class Withdrawn(TypedDict):
+    """True: the attempt was still queued and is dropped (it will never run here); False: it
+    has started (or is not here), and runs or ends as any other."""
+
+    t: Literal["withdrawn"]
+    job: int
+    attempt: int
+    withdrawn: bool
 
 
 class Ack(TypedDict):

@@ -3,8 +3,8 @@
 One long-lived TCP (optionally TLS) connection per pilot. The first frame a pilot sends is
 ``register`` carrying the shared token; nothing else is accepted before it.
 
-pilot -> dispatcher: register, heartbeat, preloaded, started, finished, poll
-dispatcher -> pilot: welcome, refused, preload, job, ack, drain
+pilot -> dispatcher: register, heartbeat, preloaded, started, finished, poll, withdrawn
+dispatcher -> pilot: welcome, refused, preload, job, ack, drain, withdraw
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from prompt.channel.frames import (
     REGISTER,
     STARTED,
     WELCOME,
+    WITHDRAW,
+    WITHDRAWN,
     FrameTooLargeError,
     Message,
     encode,
@@ -37,7 +39,8 @@ from prompt.channel.frames import (
 
 __all__ = [
     "ACK", "CLOSE_WAIT_S", "DRAIN", "FINISHED", "HEARTBEAT", "JOB", "MAX_FRAME", "POLL",
-    "PRELOAD", "PRELOADED", "REFUSED", "REGISTER", "STARTED", "WELCOME", "Channel",
+    "PRELOAD", "PRELOADED", "REFUSED", "REGISTER", "STARTED", "WELCOME", "WITHDRAW",
+    "WITHDRAWN", "Channel",
     "FrameTooLargeError", "Message", "ProtocolError", "encode", "read_message",
 ]  # fmt: skip
 

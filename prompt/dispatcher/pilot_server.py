@@ -23,7 +23,7 @@ log = structlog.get_logger(__name__)
 ID_LIMIT = 128
 CACHE_LIMIT = 100_000
 """Cache entries a pilot may announce (the cache summary is a list of keys)."""
-_PILOT_MESSAGES = frozenset({p.STARTED, p.FINISHED, p.HEARTBEAT, p.PRELOADED, p.POLL})
+_PILOT_MESSAGES = frozenset({p.STARTED, p.FINISHED, p.HEARTBEAT, p.PRELOADED, p.POLL, p.WITHDRAWN})
 
 
 class PilotServer:

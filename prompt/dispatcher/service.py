@@ -65,6 +65,8 @@ def dispatcher_config(settings: Settings) -> DispatcherConfig:
             heartbeat_s=settings.heartbeat_timeout_s / 4,
             affinity_wait_s=settings.affinity_wait_s,
             poll_s=settings.poll_s,
+            dispatch_order=settings.dispatch_order,
+            backlog_per_pilot=settings.backlog_per_pilot,
         ),
         scheduling=SCHEDULING[settings.dispatch_mode],
         drain_timeout_s=settings.drain_timeout_s,

@@ -15,7 +15,6 @@ import os
 import socket
 import ssl
 import time
-from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from prompt.channel import protocol as p
 from prompt.channel.protocol import Channel, Message, ProtocolError
 from prompt.channel.tls import closed_before_welcome, untrusted_dispatcher
 from prompt.pilot.alerts import AlertPublisher
+from prompt.pilot.backlog import Backlog
 from prompt.pilot.cache import CacheKey, CalibrationCache
 from prompt.pilot.calibrations import CalibrationSource
 from prompt.pilot.loading import CalibrationLoader
@@ -104,7 +104,7 @@ class Pilot:
         )  # fmt: skip
         self.channel: Channel | None = None
         self.running: dict[int, Message] = {}
-        self.queued: deque[Message] = deque()
+        self.queued = Backlog()
         self.unacked: dict[JobKey, Message] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._reserved = 0
@@ -289,6 +289,8 @@ class Pilot:
                 self._on_ack(msg)
             elif kind == p.DRAIN:
                 self.draining = True
+            elif kind == p.WITHDRAW:
+                self._on_withdraw(channel, msg)
             else:
                 log.warning("unexpected message from dispatcher", type=kind)
 
@@ -326,14 +328,21 @@ class Pilot:
         running = self.running.get(msg["job"])
         if running is not None and running["attempt"] == msg["attempt"]:
             return  # a repeated push of a job this pilot already has
-        if any(q["job"] == msg["job"] and q["attempt"] == msg["attempt"] for q in self.queued):
+        if key in self.queued:
             return
-        self.queued.append(msg)
+        self.queued.add(msg)
         self._start_queued()
+
+    def _on_withdraw(self, channel: Channel, msg: Message) -> None:
+        """The dispatcher wants a queued job back (another pilot is free, or it was canceled):
+        given back only if not started, so the attempt runs here or nowhere."""
+        key = (msg["job"], msg["attempt"])
+        withdrawn = self.queued.remove(key)
+        channel.send({"t": p.WITHDRAWN, "job": key[0], "attempt": key[1], "withdrawn": withdrawn})
 
     def _start_queued(self) -> None:
         while self.queued and self.free_slots > 0:
-            msg = self.queued.popleft()
+            msg = self.queued.pop()
             job = msg["job"]
             try:
                 keys = self.calibs.keys(msg["fields"])

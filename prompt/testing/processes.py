@@ -33,6 +33,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         PROMPT_DISPATCH_MODE=settings.dispatch_mode,
         PROMPT_POLL_S=str(settings.poll_s),
         PROMPT_AFFINITY_WAIT_S=str(settings.affinity_wait_s),
+        PROMPT_DISPATCH_ORDER=settings.dispatch_order,
+        PROMPT_BACKLOG_PER_PILOT=str(settings.backlog_per_pilot),
         PROMPT_LOG_FORMAT="json",
         PROMPT_LOG_LEVEL=settings.log_level,
     )

@@ -185,18 +185,21 @@ class Arrivals(Desk):
     # ---- cancel -----------------------------------------------------------------------------
 
     def cancel(self, group: str) -> bool:
-        """Cancel the group's jobs not yet on a pilot. False: the group has no visit (it is
-        not announced, or only noted) and is not remembered as canceled (record it, then call
-        ``canceled_unannounced``)."""
+        """Cancel the group's jobs not yet on a pilot, and ask back those not started there.
+        False: the group has no visit (it is not announced, or only noted) and is not
+        remembered as canceled (record it, then call ``canceled_unannounced``)."""
         matched = [v for v in self.book.visits.values() if v.nv.group_id == group]
         for visit in matched:
             n = 0
+            asked = 0
             for job in list(visit.jobs.values()):
                 if job.state in WAITING_FOR_IMAGE or job.state is JobState.READY:
-                    job.error = "visit canceled"
-                    self.lifecycle.complete(job, JobState.CANCELED)
+                    self.lifecycle.cancel(job)
                     n += 1
-            log.info("visit canceled", group=group, canceled_jobs=n)
+                elif job.state is JobState.SENT and job.id not in self.book.withdrawing:
+                    self.dispatch.withdraw(job, None)  # canceled if it is still queued there
+                    asked += 1
+            log.info("visit canceled", group=group, canceled_jobs=n, asked_back=asked)
         return bool(matched) or not group or group in self.book.canceled
 
     def canceled_unannounced(self, group: str, when: float) -> None:

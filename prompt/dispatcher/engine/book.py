@@ -1,5 +1,5 @@
 """The engine's state, in one place: visits, jobs, held images, pilots, what is closed or
-canceled, and the two time-ordered queues (expiry and ready jobs).
+canceled, the expiry queue and the ready queues (``queues.py``).
 
 Every part of the engine reads and changes the same ``Book``; nothing outside the engine
 touches it (the read model, ``snapshot.py``, copies out of it).
@@ -18,7 +18,9 @@ from prompt.dispatcher.engine.config import EngineConfig
 from prompt.dispatcher.engine.effects import Effect
 from prompt.dispatcher.engine.held import HeldImages
 from prompt.dispatcher.engine.model import Job, Visit, VisitKey
+from prompt.dispatcher.engine.order import order
 from prompt.dispatcher.engine.pilots import PilotRegistry
+from prompt.dispatcher.engine.queues import ReadyQueues
 from prompt.events import NextVisit
 from prompt.metrics import DispatcherMetrics
 
@@ -47,18 +49,22 @@ class Book:
     """Groups canceled before they were announced, with when."""
     pilots: PilotRegistry = field(default_factory=PilotRegistry)
     expiry: list[tuple[float, int, VisitKey]] = field(default_factory=list)
-    ready: list[tuple[float, int, Job]] = field(default_factory=list)
+    withdrawing: dict[int, str | None] = field(default_factory=dict)
+    """Jobs asked back from a pilot's queue -> the pilot that is to have them (None: to
+    cancel them)."""
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=12))
     """The last visits done, for the operator page."""
     problems: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))
     """The last jobs that failed, were late or expired, for the operator page."""
     counts: Counter[str] = field(default_factory=Counter)
     held: HeldImages = field(init=False)
+    queues: ReadyQueues = field(init=False)
     _seq: Callable[[], int] = field(default_factory=lambda: itertools.count().__next__)
 
     def __post_init__(self) -> None:
         c = self.config
         self.held = HeldImages(per_group=c.held_per_group, total=c.held_total, ttl_s=c.held_ttl_s)
+        self.queues = ReadyQueues(order(c.dispatch_order))
 
     def close(self, key: VisitKey, why: str) -> None:
         self.closed[key] = why
@@ -78,11 +84,6 @@ class Book:
             or key in self.closed
             or key in self.announced
         )
-
-    def enqueue(self, job: Job) -> None:
-        """Into the ready queue, ordered by deadline."""
-        assert job.deadline is not None
-        heapq.heappush(self.ready, (job.deadline, self._seq(), job))
 
     def watch_expiry(self, visit: Visit) -> None:
         heapq.heappush(self.expiry, (visit.expires_at, self._seq(), visit.key))

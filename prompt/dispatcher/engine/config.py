@@ -26,3 +26,12 @@ class EngineConfig:
     """Poll scheduling: how often pilots ask for work (told in the welcome)."""
     pilot_row_refresh_s: float = 5.0
     """How often a pilot's row in the pilots table is refreshed from its heartbeats."""
+    dispatch_order: str = "feasible"
+    """The order ready jobs go out in: ``feasible`` or ``fifo`` (see ``order.py``)."""
+    backlog_per_pilot: int = 0
+    """Jobs a pilot may hold beyond its slots at most, queued, to start the moment a worker
+    frees (no round trip to the dispatcher between jobs); the dispatcher can take them back."""
+    backlog_cover_s: float = 0.1
+    """Below the cap, a pilot's backlog covers this much of its work (a round trip with
+    margin), from the jobs' recent run times: short jobs get a deep backlog, long ones a
+    shallow one that keeps the rest free to go where a slot frees first."""

@@ -1,19 +1,29 @@
-"""Handing jobs to pilots: the job frame, the push, the ready queue, the affinity rule."""
+"""Handing jobs to pilots: the job frame, the push, the affinity rule, the backlog.
+
+A ready job waits in the queue of the pilot that preloaded it (``queues.py``). A pilot with
+room takes from its own queue and the unassigned one, best first in the order chosen at
+start-up; only a pilot with an idle worker and nothing of its own left takes another's job
+(work stealing at the tail), and only when that pilot would keep it waiting past
+``affinity_wait_s``, or is gone or draining. Room is the pilot's slots plus a small backlog
+that it starts the moment a worker frees; a backlogged job can be asked back (``withdraw``)
+for a pilot that would otherwise idle, or to cancel it.
+"""
 
 from __future__ import annotations
 
-import heapq
+import math
 from collections.abc import Callable
 from typing import Any
 
 from prompt.channel import frames
 from prompt.channel.frames import FrameTooLargeError
-from prompt.channel.messages import JobMessage
+from prompt.channel.messages import JobMessage, Withdraw
 from prompt.dispatcher.engine.book import Desk
 from prompt.dispatcher.engine.effects import SaveJob, Send
 from prompt.dispatcher.engine.model import Job, JobState
 from prompt.dispatcher.engine.outcomes import FailureKind
 from prompt.dispatcher.engine.pilots import PilotState
+from prompt.dispatcher.engine.queues import UNASSIGNED, Rank
 from prompt.instruments import detector_name
 from prompt.tasks import Task
 
@@ -23,6 +33,8 @@ Fail = Callable[[Job, FailureKind, str], None]
 class Dispatch(Desk):
     fail: Fail
     """Set by the engine: ends a job that cannot run (see ``lifecycle.py``)."""
+    backlog: int = 0
+    """Set by the scheduling: jobs a pilot may queue beyond its slots, at most."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -68,8 +80,8 @@ class Dispatch(Desk):
         }
 
     def push(self, job: Job, pilot: PilotState) -> None:
-        """Send the job to the pilot now (it has a free slot)."""
-        if job.attempt:
+        """Send the job to the pilot now (it has room: a free slot or its backlog)."""
+        if job.attempt > job.withdrawals:
             self.book.counts["retries"] += 1
             self.metrics.retries.inc()
         job.attempt += 1
@@ -77,6 +89,7 @@ class Dispatch(Desk):
             "t": "job", "job": job.id, "attempt": job.attempt,
             "payload": self.payload(job.visit.task), "fields": self.fields(job),
             "timeout_s": job.visit.task.spec.job_timeout_s, "deadline": job.deadline,
+            "rank": self.book.queues.order.key(job),
         }  # fmt: skip
         try:
             frame = frames.encode(message)
@@ -94,51 +107,150 @@ class Dispatch(Desk):
         self.out.append(Send(pilot.id, frame))
         self.out.append(SaveJob(job))
 
-    def fill(self, pilot: PilotState) -> None:
-        """Give a pilot with free slots the ready jobs with the earliest deadlines. A job whose
-        calibrations another pilot holds waits for that pilot up to affinity_wait_s."""
-        ready = self.book.ready
-        skipped: list[tuple[float, int, Job]] = []
-        now = self.wall()
-        while pilot.free > 0 and ready and pilot.accepts(pilot.labels):
-            entry = heapq.heappop(ready)
-            job = entry[2]
-            if job.state is not JobState.READY:
-                continue
-            if not pilot.accepts(self.labels(job.visit.task)) or self._wait_for_holder(
-                job, pilot, now
-            ):
-                skipped.append(entry)
-                continue
-            self.push(job, pilot)
-        for entry in skipped:
-            heapq.heappush(ready, entry)
-
-    def fill_all(self) -> None:
-        if self.book.ready:
-            for pilot in self.book.pilots.pilots.values():
-                if pilot.free > 0 and pilot.connected:
-                    self.fill(pilot)
+    def withdraw(self, job: Job, to: str | None) -> None:
+        """Ask the job's pilot to give it back if it has not started it: for pilot ``to``, or
+        (None) to cancel it. The pilot answers ``withdrawn`` (see ``PilotEvents.withdrawn``)."""
+        assert job.pilot_id is not None
+        self.book.withdrawing[job.id] = to
+        message: Withdraw = {"t": "withdraw", "job": job.id, "attempt": job.attempt}
+        self.out.append(Send(job.pilot_id, frames.encode(message)))
 
     def place(self, job: Job) -> None:
-        """A ready job: to the pilot the affinity rule picks if one has a slot, else queued."""
-        pilot = self.book.pilots.choose_for_run(
-            job,
-            self.labels(job.visit.task),
-            may_leave_cache=not self.worth_waiting_for_holder(job, self.wall()),
-        )
-        if pilot is None:
-            self.book.enqueue(job)
-        else:
-            self.push(job, pilot)
+        """A ready job: into its holder's queue if the holder takes work, else the unassigned
+        one; then to a pilot with room, or an idle one that may take it."""
+        holder = self._holder(job)
+        if holder is not None and holder.free > 0 and not self.book.queues:
+            self.push(job, holder)  # nothing waits: no order to keep (the common case)
+            return
+        self.book.queues.add(job, holder.id if holder is not None else UNASSIGNED)
+        if holder is None:
+            holder = self.book.pilots.choose_for_run(
+                job, self.labels(job.visit.task), backlog=self.backlog
+            )
+        if holder is not None:
+            self.fill(holder)
+        if job.state is JobState.READY:
+            for pilot in self.book.pilots.pilots.values():
+                if pilot.free > 0 and pilot is not holder:
+                    self.fill(pilot)
+                    if job.state is not JobState.READY:
+                        break
 
-    def _wait_for_holder(self, job: Job, pilot: PilotState, now: float) -> bool:
-        if job.pilot_id == pilot.id or job.cache_key in pilot.cache:
-            return False
-        return self.worth_waiting_for_holder(job, now)
+    def fill_all(self) -> None:
+        for pilot in self.book.pilots.pilots.values():
+            if pilot.free > 0 or (self.book.queues and pilot.free + self._depth(pilot) > 0):
+                self.fill(pilot)
 
-    def worth_waiting_for_holder(self, job: Job, now: float) -> bool:
-        """The one affinity rule, on arrival and when a slot frees: a job waits for the pilot
-        holding its calibrations while that pilot is there and affinity_wait_s has not run out."""
+    def fill(self, pilot: PilotState) -> None:
+        """Give a pilot with room the best jobs it may take (see the module's docstring)."""
+        if not pilot.accepts(pilot.labels):
+            return
+        queues = self.book.queues
+        now = self.wall()
+        typical = queues.order.runtimes.typical() or 0.0
+        depth = self._depth(pilot)
+        while pilot.free + depth > 0:
+            ahead = max(0, len(pilot.running) + 1 - pilot.slots)
+            start_at = now + ahead / pilot.slots * typical
+            found = self._best(self._sources(pilot), pilot, start_at)
+            if found is None and pilot.free > 0:
+                found = self._best(self._slow_holders(pilot, now), pilot, start_at)
+            if found is None:
+                if pilot.free > 0:
+                    self._take_back_for(pilot, now)
+                return
+            queues.discard(found)
+            self.push(found, pilot)
+
+    def _depth(self, pilot: PilotState) -> int:
+        """The backlog the pilot may hold beyond its slots: the cap, or less when the jobs'
+        recent run time says fewer cover ``backlog_cover_s`` (one per slot until known)."""
+        typical = self.book.queues.order.runtimes.typical()
+        if not self.backlog or typical is None:
+            return min(self.backlog, pilot.slots)
+        if typical > 0:
+            return min(self.backlog, math.ceil(pilot.slots * self.config.backlog_cover_s / typical))
+        return self.backlog
+
+    def _holder(self, job: Job) -> PilotState | None:
+        """The pilot that preloaded the job, if it takes work and has not tried the job."""
+        holder = self.book.pilots.pilots.get(job.pilot_id) if job.pilot_id else None
+        if (
+            holder is None
+            or holder.id in job.tried
+            or not holder.accepts(self.labels(job.visit.task))
+        ):
+            return None
+        return holder
+
+    def _sources(self, pilot: PilotState) -> list[str]:
+        """The pilot's own queue, the unassigned one, and those of pilots that take no work."""
+        pilots = self.book.pilots.pilots
+        names = [pilot.id, UNASSIGNED]
+        for name in self.book.queues.names():
+            if name not in (pilot.id, UNASSIGNED):
+                holder = pilots.get(name)
+                if holder is None or not holder.accepts(holder.labels):
+                    names.append(name)
+        return names
+
+    def _slow_holders(self, pilot: PilotState, now: float) -> list[str]:
+        """Queues of other pilots whose head has waited, or whose holder will keep the job at
+        its tail waiting, past affinity_wait_s: an idle pilot may take their jobs."""
+        queues = self.book.queues
+        pilots = self.book.pilots.pilots
+        typical = queues.order.runtimes.typical() or 0.0
+        names = []
+        for name in queues.names():
+            holder = pilots.get(name)
+            if holder is None or holder is pilot or not queues.length(name):
+                continue
+            behind = max(0, len(holder.running) - holder.slots) + queues.length(name)
+            head = queues.head(name, now, lambda _job: True)
+            if head is not None and self._too_long(head[1], holder, behind, now, typical):
+                names.append(name)
+        return names
+
+    def _too_long(
+        self, job: Job, holder: PilotState, behind: int, now: float, typical: float
+    ) -> bool:
         waited = now - (job.image_consumed or now)
-        return waited < self.config.affinity_wait_s and self.book.pilots.holder_waiting(job)
+        return waited + behind / holder.slots * typical >= self.config.affinity_wait_s
+
+    def _best(self, names: list[str], pilot: PilotState, start_at: float) -> Job | None:
+        queues = self.book.queues
+        best: tuple[Rank, Job] | None = None
+
+        def accepts(job: Job) -> bool:
+            return self.labels(job.visit.task) <= pilot.labels
+
+        for name in names:
+            head = queues.head(name, start_at, accepts)
+            if head is not None and (best is None or head[0] < best[0]):
+                best = head
+        return None if best is None else best[1]
+
+    def _take_back_for(self, pilot: PilotState, now: float) -> None:
+        """An idle pilot and no queued job it may take: ask back jobs waiting in other pilots'
+        backlogs that would wait there past affinity_wait_s (or whose pilot is draining), the
+        last each would start first."""
+        withdrawing = self.book.withdrawing
+        wanted = pilot.free - sum(1 for to in withdrawing.values() if to == pilot.id)
+        typical = self.book.queues.order.runtimes.typical() or 0.0
+        key = self.book.queues.order.key
+        for other in self.book.pilots.pilots.values():
+            queued = len(other.running) - other.slots
+            if wanted <= 0:
+                return
+            if other is pilot or not other.connected or queued <= 0:
+                continue
+            waiting = [
+                job for job in other.running.values()
+                if job.state is JobState.SENT and job.id not in withdrawing
+                and self.labels(job.visit.task) <= pilot.labels
+            ]  # fmt: skip
+            waiting.sort(key=key, reverse=True)
+            for job in waiting[: min(wanted, queued)]:
+                if other.draining or self._too_long(job, other, queued, now, typical):
+                    self.withdraw(job, pilot.id)
+                    wanted -= 1

@@ -54,12 +54,15 @@ class Engine:
         self.lifecycle = Lifecycle(*parts)
         self.arrivals = Arrivals(*parts)
         self.pilot_events = PilotEvents(*parts)
-        self.scheduling: Scheduling = scheduling(scheduling_name, self.dispatch, config.poll_s)
+        self.scheduling: Scheduling = scheduling(
+            scheduling_name, self.dispatch, config.poll_s, config.backlog_per_pilot
+        )
         self.dispatch.fail = self.lifecycle.fail_now
         self.lifecycle.scheduling = self.scheduling
         self.lifecycle.codec = codec
         self.arrivals.scheduling = self.scheduling
         self.arrivals.dispatch = self.dispatch
+        self.pilot_events.dispatch = self.dispatch
         self.arrivals.lifecycle = self.lifecycle
         self.arrivals.tasks = tasks
         self.pilot_events.scheduling = self.scheduling
@@ -70,6 +73,7 @@ class Engine:
             "finished": events.finished,
             "heartbeat": events.heartbeat,
             "preloaded": events.preloaded,
+            "withdrawn": events.withdrawn,
             "poll": lambda pilot, _msg: events.poll(pilot),
         }
 

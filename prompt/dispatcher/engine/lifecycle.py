@@ -38,6 +38,8 @@ class Lifecycle(Desk):
         assert status in TERMINAL
         job.state = status
         job.completed = self.wall()
+        self.book.queues.discard(job)
+        self.book.withdrawing.pop(job.id, None)
         visit = job.visit
         visit.open_jobs -= 1
         if job.pilot_id is not None:
@@ -71,10 +73,12 @@ class Lifecycle(Desk):
         pilot (killed, or a failover lost the push) is the service's fault, not the job's: its
         job runs again even past its deadline, and is reported late rather than failed."""
         job.error, job.failure = error, kind
+        self.book.withdrawing.pop(job.id, None)
+        tries = job.attempt - job.withdrawals
         budget_left = (
             kind is FailureKind.PILOT_LOST or job.deadline is None or self.wall() < job.deadline
         )
-        if kind.retriable and job.attempt < job.max_attempts and budget_left:
+        if kind.retriable and tries < job.max_attempts and budget_left:
             log.info(
                 "job retried", group=job.visit.nv.group_id, detector=job.detector, job=job.id,
                 attempt=job.attempt, failure=kind.value, error=error,
@@ -83,7 +87,7 @@ class Lifecycle(Desk):
             self.out.append(SaveJob(job, None, then))
             self.scheduling.ready(job)
             return
-        if kind.retriable and not budget_left and job.attempt < job.max_attempts:
+        if kind.retriable and not budget_left and tries < job.max_attempts:
             job.error = f"{error}; no budget left to retry"
         self.complete(job, JobState.FAILED, then=then)
 
@@ -95,7 +99,14 @@ class Lifecycle(Desk):
     def lost(self, job: Job, why: str) -> None:
         if job.terminal or job.state not in ON_PILOT:
             return
+        if job.id in self.book.withdrawing and self.book.withdrawing[job.id] is None:
+            self.cancel(job)  # it was being asked back to cancel it: it will not run now
+            return
         self.failed_attempt(job, FailureKind.PILOT_LOST, why)
+
+    def cancel(self, job: Job) -> None:
+        job.error = "visit canceled"
+        self.complete(job, JobState.CANCELED)
 
     def expire(self, now: float) -> None:
         """Visits past their expiry: jobs still waiting for images end ``expired``."""

@@ -67,6 +67,8 @@ class Job:
     tried: set[str] = field(default_factory=set)
     preloaded: float | None = None
     """When the assigned pilot reported its calibrations loaded."""
+    withdrawals: int = 0
+    """Attempts given back unstarted by a pilot's backlog (they count as no try)."""
 
     @property
     def terminal(self) -> bool:

@@ -12,6 +12,7 @@ from prompt.bounds import bound_counts, bound_error, bound_log, bound_stages, fi
 from prompt.channel import frames
 from prompt.channel.messages import Ack
 from prompt.dispatcher.engine.book import Desk
+from prompt.dispatcher.engine.dispatch import Dispatch
 from prompt.dispatcher.engine.effects import Disconnect, SaveJob, SavePilot, Send
 from prompt.dispatcher.engine.lifecycle import Lifecycle
 from prompt.dispatcher.engine.model import ON_PILOT, Job, JobState
@@ -25,6 +26,7 @@ log = structlog.get_logger(__name__)
 class PilotEvents(Desk):
     scheduling: Scheduling
     lifecycle: Lifecycle
+    dispatch: Dispatch
     """Set by the engine."""
 
     def registered(
@@ -64,6 +66,8 @@ class PilotEvents(Desk):
                 and claimed_job.pilot_id == pilot.id
             ):
                 pilot.running[job_id] = claimed_job
+                if job_id in self.book.withdrawing:  # the request may have gone with the link
+                    self.dispatch.withdraw(claimed_job, self.book.withdrawing[job_id])
             elif self._adoptable(claimed_job, attempt):
                 self._adopt(pilot, claimed_job, attempt)
         self.out.append(SavePilot(self._row(pilot, "connected")))
@@ -85,6 +89,7 @@ class PilotEvents(Desk):
             "job adopted from a pilot", group=job.visit.nv.group_id, detector=job.detector,
             job=job.id, attempt=attempt, pilot=pilot.id, was=job.state.value,
         )  # fmt: skip
+        self.book.queues.discard(job)  # a READY job leaves its queue
         job.attempt, job.pilot_id, job.state = attempt, pilot.id, JobState.RUNNING
         pilot.running[job.id] = job
         self.out.append(SaveJob(job))
@@ -169,6 +174,7 @@ class PilotEvents(Desk):
             "log": bound_log(msg.get("log") or ""),
         }
         if msg.get("ok") is True:
+            self.book.queues.order.runtimes.observe(job)
             job.error, job.failure = None, None
             late = job.deadline is not None and job.finished > job.deadline
             self.lifecycle.complete(job, JobState.LATE if late else JobState.FINISHED, then=then)
@@ -176,6 +182,25 @@ class PilotEvents(Desk):
             error = bound_error(msg.get("error") or "payload failed")
             kind = FailureKind.parse(msg.get("failure"))
             self.lifecycle.failed_attempt(job, kind, error, then=then)
+        self.scheduling.capacity(pilot)
+
+    def withdrawn(self, pilot: PilotState, msg: dict[str, Any]) -> None:
+        """The pilot's answer to ``withdraw``: it gave the attempt back unstarted (it never
+        runs it: a new attempt may go elsewhere), or it had started it (it runs there)."""
+        job = self.book.jobs.get(msg["job"])
+        if job is None or job.attempt != msg["attempt"] or job.pilot_id != pilot.id:
+            return
+        to = self.book.withdrawing.pop(job.id, pilot.id)
+        if msg.get("withdrawn") is not True or job.state not in ON_PILOT:
+            return
+        pilot.running.pop(job.id, None)
+        job.withdrawals += 1
+        if to is None:
+            self.lifecycle.cancel(job)
+        else:
+            job.state = JobState.READY
+            self.out.append(SaveJob(job))
+            self.scheduling.ready(job)
         self.scheduling.capacity(pilot)
 
     def check_liveness(self) -> None:

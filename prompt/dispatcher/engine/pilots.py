@@ -24,6 +24,7 @@ class PilotState:
     cache: set[tuple[str, int, str]] = field(default_factory=set)
     cache_stats: dict[str, Any] = field(default_factory=dict)
     running: dict[int, Job] = field(default_factory=dict)
+    """Jobs sent to the pilot and not ended: running, or queued in its backlog."""
     assigned: int = 0
     """Jobs assigned (preloaded) to this pilot and not yet ended: the load used for placement."""
     disconnected_at: float | None = None
@@ -32,6 +33,7 @@ class PilotState:
 
     @property
     def free(self) -> int:
+        """Slots with no job (negative: jobs wait in its backlog)."""
         return self.slots - len(self.running)
 
     def accepts(self, labels: frozenset[str]) -> bool:
@@ -62,17 +64,17 @@ class PilotRegistry:
         return best
 
     def choose_for_run(
-        self, job: Job, labels: frozenset[str], *, may_leave_cache: bool = True
+        self, job: Job, labels: frozenset[str], *, backlog: int = 0
     ) -> PilotState | None:
-        """The assigned pilot if it has a free slot; else a free pilot that holds the job's
-        calibrations; else (if ``may_leave_cache``) the free pilot with the most free slots.
-        Pilots not yet tried for this job come first."""
+        """The assigned pilot if it has room (a free slot, or ``backlog`` beyond its slots);
+        else a pilot with room that holds the job's calibrations; else the pilot with the most
+        free slots. Pilots not yet tried for this job come first."""
         if job.pilot_id is not None:
             assigned = self.pilots.get(job.pilot_id)
             if (
                 assigned is not None
                 and assigned.accepts(labels)
-                and assigned.free > 0
+                and assigned.free + backlog > 0
                 and assigned.id not in job.tried
             ):
                 return assigned
@@ -80,11 +82,9 @@ class PilotRegistry:
         best: PilotState | None = None
         best_rank: tuple[int, int, int] | None = None
         for pilot in self.pilots.values():
-            if pilot.free <= 0 or not pilot.accepts(labels):
+            if pilot.free + backlog <= 0 or not pilot.accepts(labels):
                 continue
             cold = 0 if key in pilot.cache else 1
-            if cold and not may_leave_cache:
-                continue
             rank = (1 if pilot.id in job.tried else 0, cold, -pilot.free)
             if best_rank is None or rank < best_rank:
                 best, best_rank = pilot, rank
@@ -97,14 +97,3 @@ class PilotRegistry:
         if previous is not None:
             previous.assigned = max(0, previous.assigned - 1)
         pilot.assigned += 1
-
-    def holder_waiting(self, job: Job) -> bool:
-        """The pilot that preloaded the job is connected, not draining, and will have a slot
-        for it."""
-        holder = self.pilots.get(job.pilot_id) if job.pilot_id else None
-        return (
-            holder is not None
-            and holder.connected
-            and not holder.draining
-            and holder.id not in job.tried
-        )

@@ -2,7 +2,8 @@
 
 ``recovery.py`` reads the rows and builds the visits and jobs; this puts them back into the
 book as the previous leader left them: jobs on pilots wait (a heartbeat timeout) for their
-pilot to reconnect and claim them, ready jobs queue by deadline, held images wait again.
+pilot to reconnect and claim them, ready jobs queue again (with the pilot that preloaded
+them), held images wait again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import structlog
 from prompt.dispatcher.engine.effects import Effect, SaveVisitStatus
 from prompt.dispatcher.engine.model import ON_PILOT, JobState, Visit, VisitKey
 from prompt.dispatcher.engine.pilots import PilotState
+from prompt.dispatcher.engine.queues import UNASSIGNED
 from prompt.events import EventError, ImageArrival
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ def restore(engine: Engine, saved: SavedState, out: list[Effect]) -> dict[str, i
                 job.tried.add(pilot.id)
                 on_pilots += 1
             elif job.state is JobState.READY:
-                book.enqueue(job)
+                book.queues.add(job, job.pilot_id or UNASSIGNED)
                 ready += 1
         if visit.open_jobs == 0:
             out.append(SaveVisitStatus(visit.id, "done"))

@@ -2,10 +2,11 @@
 
 ``Push`` is what prompt is built on: a next-visit resurrects the task at once, the chosen
 pilots preload the calibrations, and a job is pushed the moment its images are in (cache
-affinity, deadline order). ``Poll`` is the cold baseline it is compared with: a next-visit is
-only noted, the visit is built when its first image arrives, nothing is preloaded, and pilots
-ask for work every ``poll_s``. The dispatcher tells pilots which one in its welcome, so either
-works with a plain ``prompt pilot``.
+affinity, the chosen order), to a slot or to the pilot's small backlog. ``Poll`` is the cold
+baseline it is compared with: a next-visit is only noted, the visit is built when its first
+image arrives, nothing is preloaded, and pilots ask for work every ``poll_s`` (no backlog).
+The dispatcher tells pilots which one in its welcome, so either works with a plain
+``prompt pilot``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prompt.channel.messages import Welcome
 from prompt.dispatcher.engine.dispatch import Dispatch
 from prompt.dispatcher.engine.model import Job
 from prompt.dispatcher.engine.pilots import PilotState
+from prompt.dispatcher.engine.queues import UNASSIGNED
 
 
 class Scheduling(Protocol):
@@ -44,8 +46,9 @@ class Push:
     resurrects_on_announce = True
     preloads = True
 
-    def __init__(self, dispatch: Dispatch) -> None:
+    def __init__(self, dispatch: Dispatch, backlog: int) -> None:
         self._d = dispatch
+        dispatch.backlog = backlog
 
     def welcome(self, heartbeat_s: float) -> Welcome:
         return {"t": "welcome", "heartbeat_s": heartbeat_s, "scheduling": "push"}
@@ -54,8 +57,7 @@ class Push:
         self._d.place(job)
 
     def capacity(self, pilot: PilotState) -> None:
-        if pilot.free > 0 and self._d.book.ready:
-            self._d.fill(pilot)
+        self._d.fill(pilot)
 
     def poll(self, pilot: PilotState) -> None:
         self.capacity(pilot)
@@ -80,7 +82,7 @@ class Poll:
         }  # fmt: skip
 
     def ready(self, job: Job) -> None:
-        self._d.book.enqueue(job)  # until a pilot asks
+        self._d.book.queues.add(job, UNASSIGNED)  # until a pilot asks
 
     def capacity(self, pilot: PilotState) -> None:
         pass
@@ -92,9 +94,9 @@ class Poll:
         pass  # jobs wait for a pilot to ask
 
 
-def scheduling(name: str, dispatch: Dispatch, poll_s: float) -> Scheduling:
+def scheduling(name: str, dispatch: Dispatch, poll_s: float, backlog: int) -> Scheduling:
     if name == "push":
-        return Push(dispatch)
+        return Push(dispatch, backlog)
     if name == "poll":
         return Poll(dispatch, poll_s)
     raise ValueError(f"unknown scheduling {name!r} (push, poll)")

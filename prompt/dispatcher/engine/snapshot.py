@@ -97,8 +97,7 @@ def snapshot(book: Book, now: float, scheduling: str) -> Snapshot:
         scheduling=scheduling,
         visits=live + list(book.recent),
         jobs_by_state={s: states.get(s, 0) for s in OPEN_STATES},
-        # The queue keeps jobs canceled or expired while queued until a pilot pops them.
-        ready_queue=sum(1 for _, _, job in book.ready if job.state is JobState.READY),
+        ready_queue=len(book.queues),
         held_images=len(book.held),
         pilots=pilots,
         problems=list(reversed(book.problems))[:30],
