@@ -276,4 +276,6 @@ class Arrivals(Desk):
             job.deadline = job.image_arrived + visit.task.spec.deadline_s
             job.state = JobState.READY
             self.scheduling.ready(job)
+            if job.state is not JobState.READY:
+                return  # pushed (or failed): that saved its row already
         self.out.append(SaveJob(job))
