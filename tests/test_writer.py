@@ -45,6 +45,15 @@ class _GatedFence:
         yield _Conn(statements)
         self.committed.append(statements)
 
+    async def release(self) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """Let the waiting transaction through; its statements once it has committed."""
+        n = len(self.committed)
+        self.gate.set()
+        async with asyncio.timeout(5):
+            while len(self.committed) == n:
+                await asyncio.sleep(0)
+        return self.committed[n]
+
 
 def _rows(statements: list[tuple[str, list[tuple[Any, ...]]]], sql: str) -> list[tuple[Any, ...]]:
     return [row for s, rows in statements if s == sql for row in rows]
@@ -72,18 +81,10 @@ async def test_a_job_that_ends_while_its_batch_waits_for_a_connection_keeps_its_
         await fence.entered.wait()  # batch 1 taken, waiting for its connection
         job.state = JobState.FINISHED
         writer.job(job, completion=b"done")
-        fence.gate.set()
-        async with asyncio.timeout(5):
-            while len(fence.committed) < 1:
-                await asyncio.sleep(0)
-        first = fence.committed[0]
+        first = await fence.release()
         assert [r[1] for r in _rows(first, JOB_UPDATE)] == ["running"]
         assert _rows(first, OUTBOX_INSERT) == []
-        fence.gate.set()
-        async with asyncio.timeout(5):
-            while len(fence.committed) < 2:
-                await asyncio.sleep(0)
-        second = fence.committed[1]
+        second = await fence.release()
         assert [r[1] for r in _rows(second, JOB_UPDATE)] == ["finished"]
         assert [r[0] for r in _rows(second, OUTBOX_INSERT)] == [job_id]
         assert published == [{job_id: b"done"}]
