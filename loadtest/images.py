@@ -33,10 +33,19 @@ from prompt.testing.traffic import EventSender
 INSTRUMENT = "LSSTCam"
 
 
+SNAP_SEQ_BASE = 100_000
+"""Snaps of multi-snap visits are numbered from here: above any visit's own number (5 digits at
+Rubin), so no two exposures of a night share an obs_id. They did when snaps were numbered
+``seq_num * 10 + snap``: in the whole night through S3, ten twilight one-snap visits (seq_num
+970-1011) shared their obs_id with the snaps of visits 97-101, and the dispatcher, which reads
+one header per obs_id, gave their images to the older groups (10 visits expired)."""
+
+
 def exposure_seq(v: PlannedVisit, snap: int) -> int:
     """The sequence number of a visit's snap: each snap is an exposure of its own (its own
-    obs_id, so its own header read); a one-snap visit keeps the visit's number."""
-    return v.seq_num if v.n_snaps == 1 else v.seq_num * 10 + snap
+    obs_id, so its own header read); a one-snap visit keeps the visit's number (the alert
+    simulator's raws carry it)."""
+    return v.seq_num if v.n_snaps == 1 else SNAP_SEQ_BASE + v.seq_num * 10 + snap
 
 
 def placeholder_raw(group_id: str, snap: int, seq: int, day_obs: int) -> bytes:

@@ -131,3 +131,22 @@ def test_fault_plan_is_deterministic_and_accounts_for_every_job() -> None:
     for e in plan.events:
         if e.kind == NEXT_VISIT and e.visit.index in first_image:
             assert first_image[e.visit.index] - e.wall >= 20 / 20
+
+
+def test_every_exposure_of_a_night_has_its_own_obs_id() -> None:
+    """Snaps of two-snap visits and one-snap visits never share a sequence number (the
+    dispatcher reads one header per obs_id: a shared one gave a visit's images to another)."""
+    from dataclasses import replace
+
+    from loadtest.images import exposure_seq
+
+    visits = synthetic_night(seed=1, visits=4).visits
+    mixed = [
+        replace(visits[0], seq_num=97, n_snaps=2),
+        replace(visits[1], seq_num=970, n_snaps=1),
+        replace(visits[2], seq_num=971, n_snaps=1),
+        replace(visits[3], seq_num=98, n_snaps=2),
+    ]
+    seqs = [exposure_seq(v, s) for v in mixed for s in range(v.n_snaps)]
+    assert len(set(seqs)) == len(seqs) == 6
+    assert exposure_seq(mixed[1], 0) == 970  # a one-snap visit keeps its own number
