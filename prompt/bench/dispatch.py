@@ -44,6 +44,8 @@ class BenchShape:
     warmup: int = 1
     """Visits run first and left out of the percentiles (reported as warmup_burst_ms): the
     first burst after start runs every code path in every process for the first time."""
+    pilot_args: tuple[str, ...] = ()
+    """Extra ``prompt pilot`` flags, the same for every pilot."""
 
 
 def isolated(settings: Settings, run_id: str) -> Settings:
@@ -83,7 +85,7 @@ async def _run(settings: Settings, shape: BenchShape, log_dir: Path, run_id: str
         await service.wait_ready()
         pilots = [
             start_pilot(settings, service.pilot_port, f"bench-{run_id}-{i}", slots=shape.slots,
-                        log_dir=log_dir)
+                        log_dir=log_dir, extra_args=shape.pilot_args)
             for i in range(shape.pilots)
         ]  # fmt: skip
         await service.wait_pilots(shape.pilots)

@@ -30,6 +30,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="then a bare uvloop push of the same bursts to pilots x slots warm processes: "
         "the floor, and prompt's burst p50 as a multiple of it",
     )  # fmt: skip
+    d.add_argument(
+        "--pilot-arg", action="append", default=[], metavar="ARG",
+        help="passed to every `prompt pilot` (repeatable; e.g. --pilot-arg=--worker-lookahead-ms "
+        "--pilot-arg=0 to measure without queueing jobs in busy workers)",
+    )  # fmt: skip
     d.add_argument("--json", type=Path, help="also write the result here")
     d.add_argument("--logs", type=Path, default=Path(".prompt/bench-logs"))
     pl = kinds.add_parser(
@@ -88,7 +93,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     shape = BenchShape(
         visits=args.visits, detectors=args.detectors, pilots=args.pilots, slots=args.slots,
-        sleep_s=args.sleep_s, warmup=args.warmup,
+        sleep_s=args.sleep_s, warmup=args.warmup, pilot_args=tuple(args.pilot_arg),
     )  # fmt: skip
     if shape.pilots * shape.slots < shape.detectors:
         print(
