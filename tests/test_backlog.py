@@ -83,3 +83,28 @@ async def test_a_pilot_killed_with_a_backlog_loses_no_job_and_runs_none_twice(
     for r in records:
         if r["jobId"] in on_victim:
             assert r["pilot"] != victim_id
+
+
+async def test_short_jobs_outnumbering_the_workers_wait_in_their_pipes_and_run_once(
+    isolated_settings: Settings,
+) -> None:
+    """One pilot, two slots, 60 no-op jobs: once the first results give their run time, the
+    rest go into the pipes of the busy workers, each starts when the one before it ends, and
+    every job ends once, finished, with its start after its pilot got it."""
+    settings = isolated_settings.with_overrides(backlog_per_pilot=64)
+    tasks = sleep_task_file(mean_s=0.0, detectors="0-59")
+    async with dispatcher_env(settings, tasks, pilots=1, slots=2) as env:
+        pilot = env.pilots[0]
+        nv = next_visit_for(group_id("worker-pipes"), start_utc=time.time())
+        await env.sender.next_visit(nv)
+        await env.visit_preloaded(nv.group_id)
+        await env.sender.images(image_arrivals(nv, range(60)))
+        await env.completions.wait_for(60, timeout=60)
+        await asyncio.sleep(0.5)  # a duplicate would arrive in this window
+        records = env.completions.for_group(nv.group_id)
+        assert env.completions.duplicates() == 0
+        assert sorted(r["detector"] for r in records) == list(range(60))
+        assert {r["status"] for r in records} == {"finished"}
+        assert all(r["started"] >= r["dispatched"] for r in records)
+        assert pilot.pool.queued_behind > 0, "no job waited in a busy worker's pipe"
+        assert pilot.jobs_run == 60

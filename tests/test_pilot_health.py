@@ -38,6 +38,7 @@ DISPATCHER_STATE_GAUGES = {"prompt_pilots", "prompt_pilot_slots", "prompt_pilot_
 class FakePool:
     def __init__(self, size: int, alive: int, idle: int) -> None:
         self.size, self._alive, self.idle, self.respawns = size, alive, idle, 0
+        self.queued_behind = 0
 
     def alive(self) -> int:
         return self._alive

@@ -38,6 +38,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "leader waits for the pilots that held jobs",
     )  # fmt: skip
     p.add_argument("--worker-nice", type=int, default=5, help="CPU niceness of workers vs pilot")
+    p.add_argument(
+        "--worker-lookahead-ms", type=float, default=20.0,
+        help="when every worker is busy, queue a job in the pipe of the worker that frees first "
+        "if the jobs before it there are expected to take at most this long (0: never)",
+    )  # fmt: skip
+    p.add_argument(
+        "--started-notice-ms", type=float, default=20.0,
+        help="send the dispatcher the started notices of a burst this long after its first "
+        "(0: each at once); a job's notice always precedes its result",
+    )  # fmt: skip
     p.add_argument("--poll-s", type=float, help="poll for work every N s (cold baseline only)")
     p.add_argument(
         "--warm-import", action="append", default=[], help="module workers import at start"
@@ -91,6 +101,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         cache_bytes=int(args.cache_mb * 1024 * 1024),
         warm_imports=tuple(args.warm_import),
         worker_nice=args.worker_nice,
+        worker_lookahead_s=args.worker_lookahead_ms / 1000,
+        started_notice_s=args.started_notice_ms / 1000,
         poll_s=args.poll_s,
         **extra,
     )

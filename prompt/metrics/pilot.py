@@ -29,6 +29,7 @@ PILOT_METRICS = (
     "prompt_pilot_cache_entries",
     "prompt_pilot_jobs_run_total",
     "prompt_pilot_worker_respawns_total",
+    "prompt_pilot_jobs_queued_in_workers_total",
     "prompt_pilot_cache_hits_total",
     "prompt_pilot_cache_misses_total",
     "prompt_pilot_cache_loads_total",
@@ -67,6 +68,8 @@ class PilotCollector(Collector):
         counters: list[tuple[str, str, float]] = [
             ("jobs_run", "jobs whose payload ran to a result", pilot.jobs_run),
             ("worker_respawns", "workers replaced after a crash or a timeout", pool.respawns),
+            ("jobs_queued_in_workers", "short jobs queued behind a busy worker's running job "
+             "(--worker-lookahead-ms)", pool.queued_behind),
             ("cache_hits", "cache look-ups that found the entry", stats.hits),
             ("cache_misses", "cache look-ups that did not", stats.misses),
             ("cache_loads", "entries read from the calibration store", stats.loads),

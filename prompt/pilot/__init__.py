@@ -1,8 +1,9 @@
 """Pilots: warm worker processes with a calibration cache, fed over one connection."""
 
-from prompt.pilot.agent import Pilot, PilotConfig, PilotRefusedError
+from prompt.pilot.agent import Pilot, PilotRefusedError
 from prompt.pilot.cache import CacheKey, CalibrationCache
 from prompt.pilot.calibrations import CalibrationSource, SyntheticCalibrations
+from prompt.pilot.config import PilotConfig
 
 __all__ = [
     "CacheKey",

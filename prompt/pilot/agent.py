@@ -16,7 +16,6 @@ import socket
 import ssl
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -29,8 +28,12 @@ from prompt.pilot.alerts import AlertPublisher
 from prompt.pilot.backlog import Backlog
 from prompt.pilot.cache import CacheKey, CalibrationCache
 from prompt.pilot.calibrations import CalibrationSource
+from prompt.pilot.config import PilotConfig
 from prompt.pilot.loading import CalibrationLoader
+from prompt.pilot.notices import StartedNotices
 from prompt.pilot.results import calib_failure, failure, fitting
+from prompt.pilot.runtimes import RunTimes
+from prompt.pilot.worker import Worker
 from prompt.pilot.workers import WorkerPool
 from prompt.runtime import freeze_startup_objects
 
@@ -50,42 +53,6 @@ class _ClosedBeforeWelcomeError(ConnectionError):
     handshake or right after it): a TLS mismatch, unless the dispatcher was just going down."""
 
 
-@dataclass(frozen=True)
-class PilotConfig:
-    dispatcher: str
-    token: str = field(repr=False)
-    pilot_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    slots: int = 2
-    labels: tuple[str, ...] = ()
-    heartbeat_s: float = 1.0
-    reconnect_min_s: float = 0.05
-    reconnect_max_s: float = 5.0
-    cache_bytes: int = 2 * 1024**3
-    drain_timeout_s: float = 300.0
-    preload_concurrency: int = 8
-    worker_nice: int = 5
-    poll_s: float | None = None
-    """Ask for work this often, whatever the dispatcher's welcome says (by default a pilot
-    polls only for a dispatcher that schedules by polling, as often as it says)."""
-    warm_imports: tuple[str, ...] = ()
-    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
-    tls_server_name: str | None = None
-    """Name expected in the dispatcher's certificate (default: the host dialled); for pilots
-    that reach the dispatcher by IP address or through a Service name."""
-    closed_before_welcome_limit: int = 3
-    """That many connections in a row closed before the dispatcher answered: give up."""
-
-    @property
-    def addresses(self) -> list[tuple[str, int]]:
-        """``dispatcher`` is ``HOST:PORT`` or several, comma-separated: a hot standby does not
-        listen, so the pilot tries them in turn until the leader answers."""
-        out = []
-        for item in self.dispatcher.split(","):
-            host, _, port = item.strip().rpartition(":")
-            out.append((host or "127.0.0.1", int(port)))
-        return out
-
-
 class Pilot:
     def __init__(
         self,
@@ -99,9 +66,13 @@ class Pilot:
         self.cache = CalibrationCache(config.cache_bytes)
         self.calibs = CalibrationLoader(source, self.cache, self._spawn, config.preload_concurrency)
         self.pool = WorkerPool(
-            config.slots, self._on_result, warm_imports=config.warm_imports,
-            nice=config.worker_nice,
+            config.slots, self._on_result, on_returned=self._on_returned,
+            on_ready=self._start_queued,
+            warm_imports=config.warm_imports, nice=config.worker_nice,
+            lookahead_s=config.worker_lookahead_s,
         )  # fmt: skip
+        self.runtimes = RunTimes()
+        self.notices = StartedNotices(config.started_notice_s, self._send)
         self.channel: Channel | None = None
         self.running: dict[int, Message] = {}
         self.queued = Backlog()
@@ -254,6 +225,7 @@ class Pilot:
                 log.info("draining: no new jobs; finishing", running=len(self.running))
             if self._finished_draining(stop):
                 return
+            self.notices.flush()
             channel.send(
                 {
                     "t": p.HEARTBEAT,
@@ -341,7 +313,10 @@ class Pilot:
         channel.send({"t": p.WITHDRAWN, "job": key[0], "attempt": key[1], "withdrawn": withdrawn})
 
     def _start_queued(self) -> None:
-        while self.queued and self.free_slots > 0:
+        while self.queued:
+            if self.free_slots <= 0:
+                self._queue_behind()
+                return
             msg = self.queued.pop()
             job = msg["job"]
             try:
@@ -357,6 +332,32 @@ class Pilot:
                 self.running[job] = msg  # holds a slot while calibrations load
                 self._reserved += 1
                 self._spawn(self._load_then_submit(msg, keys, pending))
+
+    def _queue_behind(self) -> None:
+        """Every worker is busy: short jobs whose calibrations are here go into the pipe of
+        the worker that frees first (see ``WorkerPool``), in the backlog's order."""
+        while self.queued:
+            msg = self.queued.peek()
+            est = self.runtimes.estimate(msg)
+            worker = self.pool.behind(est)
+            if worker is None or est is None:
+                return
+            try:
+                keys = self.calibs.keys(msg["fields"])
+            except Exception:
+                return  # reported when it gets a free worker
+            if self.calibs.preloading(msg["job"]) is not None or not self.calibs.cached(keys):
+                return
+            self.queued.pop()
+            hit = self.calibs.take_preload_hit(msg["job"])
+            self._submit(msg, keys, True if hit is None else hit, behind=(worker, est))
+
+    def _on_returned(self, job: int) -> None:
+        """A job that waited behind another in a worker that died: back to the backlog."""
+        msg = self.running.pop(job, None)
+        if msg is not None:
+            self.queued.add(msg)
+            self._start_queued()
 
     async def _load_then_submit(
         self, msg: Message, keys: list[CacheKey], pending: asyncio.Task[None] | None
@@ -380,7 +381,13 @@ class Pilot:
         hit = bool(preload_hit) if preload_hit is not None else not missing
         self._submit(msg, keys, hit)
 
-    def _submit(self, msg: Message, keys: list[CacheKey], cache_hit: bool) -> None:
+    def _submit(
+        self,
+        msg: Message,
+        keys: list[CacheKey],
+        cache_hit: bool,
+        behind: tuple[Worker, float] | None = None,
+    ) -> None:
         calibs = {}
         for key in keys:
             entry = self.cache.get(key)
@@ -389,18 +396,21 @@ class Pilot:
         msg["cache_hit"] = cache_hit
         self.running[msg["job"]] = msg
         started = time.time()
-        self.pool.submit(
-            msg["job"],
-            {"job": msg["job"], "attempt": msg["attempt"], "payload": msg["payload"],
-             "fields": msg["fields"], "calibs": calibs, "timeout_s": msg["timeout_s"]},
-            float(msg["timeout_s"]),
-        )  # fmt: skip
-        if self.channel is not None:
-            self.channel.send(
-                {"t": p.STARTED, "job": msg["job"], "attempt": msg["attempt"], "at": started}
-            )
+        job = {
+            "job": msg["job"], "attempt": msg["attempt"], "payload": msg["payload"],
+            "fields": msg["fields"], "calibs": calibs, "timeout_s": msg["timeout_s"],
+        }  # fmt: skip
+        timeout_s = float(msg["timeout_s"])
+        if behind is None:
+            self.pool.submit(msg["job"], job, timeout_s, self.runtimes.estimate(msg))
+        else:
+            self.pool.submit_behind(behind[0], msg["job"], job, timeout_s, behind[1])
+        self.notices.add(msg["job"], msg["attempt"], started)
 
     def _on_result(self, job: int, result: dict[str, Any]) -> None:
+        msg = self.running.get(job)
+        if msg is not None:
+            self.runtimes.observe(msg, result)
         alerts = result.pop("alerts", None)
         if alerts and job in self.running:
             # The worker is free again; the job stays running until its alerts are delivered.
@@ -453,6 +463,11 @@ class Pilot:
                 "job failed on pilot", group=fields.get("group"), detector=fields.get("detector"),
                 job=msg["job"], attempt=msg["attempt"], error=result.get("error"),
             )  # fmt: skip
+        self.notices.before_result(msg["job"], msg["attempt"])
+        self._send(finished)
+
+    def _send(self, msg: Message) -> None:
+        """To the dispatcher if connected (what is not sent is in the next register)."""
         if self.channel is not None:
             with contextlib.suppress(ConnectionError):
-                self.channel.send(finished)
+                self.channel.send(msg)

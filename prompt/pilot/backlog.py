@@ -37,6 +37,15 @@ class Backlog:
         """False: not here (started, or never came)."""
         return self._jobs.pop(key, None) is not None
 
+    def peek(self) -> Message:
+        """What ``pop`` would return, left in place (IndexError if empty)."""
+        while True:
+            key = self._heap[0][2]
+            msg = self._jobs.get(key)
+            if msg is not None:
+                return msg
+            heapq.heappop(self._heap)
+
     def pop(self) -> Message:
         """The lowest rank, the first come of equals (IndexError if empty)."""
         while True:
