@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )  # fmt: skip
     d.add_argument("--json", type=Path, help="also write the result here")
     d.add_argument("--logs", type=Path, default=Path(".prompt/bench-logs"))
+    it = kinds.add_parser(
+        "intake", help="the dispatcher's CPU per image-arrival, in process (no broker, no pilots)"
+    )
+    it.add_argument("--bursts", type=int, default=300, help="timed bursts (after 30 untimed)")
+    it.add_argument("--detectors", type=int, default=189)
+    it.add_argument("--json", type=Path, help="also write the result here")
     pl = kinds.add_parser(
         "pipeline", help="the alert pipeline alone on generated data: ms per detector by stage"
     )
@@ -80,6 +86,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.bench == "pipeline":
         return _pipeline(args)
+    if args.bench == "intake":
+        from prompt.bench.intake import IntakeShape, measure_intake
+
+        return _report(measure_intake(IntakeShape(args.bursts, args.detectors)), args.json)
     if args.bench == "alerts":
         return _alerts(args, settings)
     if args.bench == "broker":

@@ -24,7 +24,7 @@ from aiokafka.structs import ConsumerRecord
 
 from prompt.aio import reraise_if_cancelled
 from prompt.bounds import bound_error
-from prompt.dispatcher.consumers import Consumers, DependencyError
+from prompt.dispatcher.consumers import Batch, Consumers, DependencyError
 from prompt.dispatcher.deadletters import DeadLetters
 from prompt.dispatcher.health import Health
 from prompt.dispatcher.runtime import Runtime
@@ -141,24 +141,27 @@ class Intake:
         await self._guarded(msg, kind, "intake-control", handle)
 
     async def run_images(self) -> None:
-        counted = self._metrics.consumed_by["image-arrival"]
         while not self._stopping.is_set():
-            batch = await self.consumers.fetch("images")
-            handled, hand_off_at = 0, FIRST_HAND_OFF
-            for msgs in batch.values():
-                for msg in msgs:
-                    consumed = time.time()
-                    counted.inc()
-                    if not self._image_now(msg, consumed):
-                        await self._image_message(msg, consumed)
-                    handled += 1
-                    if handled == hand_off_at:
-                        self._rt.hand_off()
-                        hand_off_at *= 2
-                if msgs:
-                    last = msgs[-1]
-                    self._writer.offset(last.topic, last.partition, last.offset + 1)
-                    self.positions[(last.topic, last.partition)] = last.offset + 1
+            await self.take_images(await self.consumers.fetch("images"))
+
+    async def take_images(self, batch: Batch) -> None:
+        """One fetch batch of the image topic (``prompt bench intake`` times this)."""
+        counted = self._metrics.consumed_by["image-arrival"]
+        handled, hand_off_at = 0, FIRST_HAND_OFF
+        for msgs in batch.values():
+            for msg in msgs:
+                consumed = time.time()
+                counted.inc()
+                if not self._image_now(msg, consumed):
+                    await self._image_message(msg, consumed)
+                handled += 1
+                if handled == hand_off_at:
+                    self._rt.hand_off()
+                    hand_off_at *= 2
+            if msgs:
+                last = msgs[-1]
+                self._writer.offset(last.topic, last.partition, last.offset + 1)
+                self.positions[(last.topic, last.partition)] = last.offset + 1
 
     def _image_now(self, msg: ConsumerRecord[Any, Any], consumed: float) -> bool:
         """The usual image at memory speed: Avro whose writer schema is known, within limits,
