@@ -8,16 +8,38 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from prompt.config import Settings
 from prompt.dispatcher.engine import JobState
+from prompt.events import NextVisit
 from prompt.testing.tasks import lsstcam_task_file, sleep_task_file
 from prompt.testing.traffic import image_arrivals, next_visit_for
 from tests.env import dispatcher_env, group_id, pilot_processes, service_settings
 
 pytestmark = pytest.mark.stack
+
+
+async def preloaded_visit(env: Any, name: str, *, detectors: int) -> NextVisit:
+    """A next-visit, its calibrations preloaded, then the images of its first detectors."""
+    nv = next_visit_for(group_id(name), start_utc=time.time())
+    await env.sender.next_visit(nv)
+    await env.visit_preloaded(nv.group_id)
+    await env.sender.images(image_arrivals(nv, range(detectors)))
+    return nv
+
+
+async def each_finished_once(env: Any, nv: NextVisit, *, detectors: int) -> list[dict[str, Any]]:
+    """Every detector's job ended once, finished (waited for, then a window for duplicates)."""
+    await env.completions.wait_for(detectors, timeout=90)
+    await asyncio.sleep(0.5)  # a duplicate would arrive in this window
+    records: list[dict[str, Any]] = env.completions.for_group(nv.group_id)
+    assert env.completions.duplicates() == 0
+    assert sorted(r["detector"] for r in records) == list(range(detectors))
+    assert {r["status"] for r in records} == {"finished"}
+    return records
 
 
 async def test_a_canceled_visit_takes_its_jobs_back_from_the_pilots_queue(
@@ -30,10 +52,7 @@ async def test_a_canceled_visit_takes_its_jobs_back_from_the_pilots_queue(
     tasks = sleep_task_file(mean_s=3.0, detectors="0-2")
     async with dispatcher_env(settings, tasks, pilots=1, slots=1) as env:
         pilot = env.pilots[0]
-        nv = next_visit_for(group_id("backlog-cancel"), start_utc=time.time())
-        await env.sender.next_visit(nv)
-        await env.visit_preloaded(nv.group_id)
-        await env.sender.images(image_arrivals(nv, range(3)))
+        nv = await preloaded_visit(env, "backlog-cancel", detectors=3)
         await env.until(lambda: len(pilot.queued) == 1 and len(pilot.running) == 1)
         await env.sender.cancel(nv.group_id)
         await env.completions.wait_for(3, timeout=30)
@@ -74,12 +93,7 @@ async def test_a_pilot_killed_with_a_backlog_loses_no_job_and_runs_none_twice(
         on_victim = backlogged()
         victim_id = next(p for p in book.pilots.pilots.values() if on_victim[0] in p.running).id
         next(p for p in env.pilots if p.pilot_id == victim_id).kill()
-        await env.completions.wait_for(12, timeout=90)
-        await asyncio.sleep(0.5)  # a duplicate would arrive in this window
-    records = env.completions.for_group(nv.group_id)
-    assert env.completions.duplicates() == 0
-    assert sorted(r["detector"] for r in records) == list(range(12))
-    assert {r["status"] for r in records} == {"finished"}
+        records = await each_finished_once(env, nv, detectors=12)
     for r in records:
         if r["jobId"] in on_victim:
             assert r["pilot"] != victim_id
@@ -95,16 +109,8 @@ async def test_short_jobs_outnumbering_the_workers_wait_in_their_pipes_and_run_o
     tasks = sleep_task_file(mean_s=0.0, detectors="0-59")
     async with dispatcher_env(settings, tasks, pilots=1, slots=2) as env:
         pilot = env.pilots[0]
-        nv = next_visit_for(group_id("worker-pipes"), start_utc=time.time())
-        await env.sender.next_visit(nv)
-        await env.visit_preloaded(nv.group_id)
-        await env.sender.images(image_arrivals(nv, range(60)))
-        await env.completions.wait_for(60, timeout=60)
-        await asyncio.sleep(0.5)  # a duplicate would arrive in this window
-        records = env.completions.for_group(nv.group_id)
-        assert env.completions.duplicates() == 0
-        assert sorted(r["detector"] for r in records) == list(range(60))
-        assert {r["status"] for r in records} == {"finished"}
+        nv = await preloaded_visit(env, "worker-pipes", detectors=60)
+        records = await each_finished_once(env, nv, detectors=60)
         assert all(r["started"] >= r["dispatched"] for r in records)
         assert pilot.pool.queued_behind > 0, "no job waited in a busy worker's pipe"
         assert pilot.jobs_run == 60

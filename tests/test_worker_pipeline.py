@@ -29,11 +29,16 @@ class Seen:
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     order: list[int] = field(default_factory=list)
     returned: list[int] = field(default_factory=list)
+    replacements_ready: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def result(self, job_id: int, result: dict[str, Any]) -> None:
         self.results[job_id] = result
         self.order.append(job_id)
+        self.changed.set()
+
+    def ready(self) -> None:
+        self.replacements_ready += 1
         self.changed.set()
 
     def back(self, job_id: int) -> None:
@@ -50,7 +55,9 @@ class Seen:
 @pytest.fixture
 async def one_worker() -> AsyncIterator[tuple[WorkerPool, Seen]]:
     seen = Seen()
-    pool = WorkerPool(1, seen.result, on_returned=seen.back, lookahead_s=1.0, depth=4)
+    pool = WorkerPool(
+        1, seen.result, on_returned=seen.back, on_ready=seen.ready, lookahead_s=1.0, depth=4
+    )
     await pool.start()
     try:
         yield pool, seen
@@ -104,9 +111,8 @@ async def test_a_timeout_gives_back_the_jobs_behind_unstarted(
     assert "timed out" in seen.results[1]["error"]
     assert seen.returned == [2, 3] and set(seen.results) == {1}, "2 and 3 never ran"
     assert pool.respawns == 1
-    async with asyncio.timeout(20):
-        while pool.idle < 1:  # the replacement takes them
-            await asyncio.sleep(0.02)
+    await seen.until(lambda: seen.replacements_ready == 1)  # the pilot starts its backlog here
+    assert pool.idle == 1
     pool.submit(2, job(2, sleep(0.01)), 10)
     await seen.until(lambda: 2 in seen.results)
     assert seen.results[2]["ok"]
