@@ -80,3 +80,5 @@ def test_dispatch_bench_with_floor_prints_the_ratio(
     assert result["floor_ratio_p50"] == ratio(result["burst_ms"]["p50"], floor["burst_ms"]["p50"])
     assert result["floor_ratio_p50"] is not None
     assert f"= {result['floor_ratio_p50']} x the floor" in text
+    assert result["intake"]["burst_cpu_ms"]["p50"] > 0
+    assert "dispatcher intake alone (prompt bench intake):" in text

@@ -119,9 +119,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             warmup=shape.warmup,
         )  # fmt: skip
         result = with_floor(result, measure_floor(floor))
+        # The dispatcher's own CPU for the same bursts, measured next to the floor: the part
+        # of prompt's burst that no scheduling, pilot or worker can take away.
+        from prompt.bench.intake import IntakeShape, intake_line, measure_intake
+
+        intake = measure_intake(IntakeShape(bursts=100, detectors=shape.detectors))
+        result = {**result, "intake": intake}
     print_json(result)
     if args.floor:
         print(floor_line(result))
+        print(intake_line(result))
     if args.json:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     ok = result["lost"] == 0 and result["duplicates"] == 0
