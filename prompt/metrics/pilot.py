@@ -68,8 +68,11 @@ class PilotCollector(Collector):
         counters: list[tuple[str, str, float]] = [
             ("jobs_run", "jobs whose payload ran to a result", pilot.jobs_run),
             ("worker_respawns", "workers replaced after a crash or a timeout", pool.respawns),
-            ("jobs_queued_in_workers", "short jobs queued behind a busy worker's running job "
-             "(--worker-lookahead-ms)", pool.queued_behind),
+            (
+                "jobs_queued_in_workers",
+                "short jobs queued behind a busy worker's running job (--worker-lookahead-ms)",
+                pool.queued_behind,
+            ),
             ("cache_hits", "cache look-ups that found the entry", stats.hits),
             ("cache_misses", "cache look-ups that did not", stats.misses),
             ("cache_loads", "entries read from the calibration store", stats.loads),
