@@ -133,17 +133,19 @@ class WorkerPool:
 
     def _readable(self, worker: Worker) -> None:
         messages, closed = worker.read_messages()
-        for msg in messages:
-            self._handle(worker, msg)
+        for msg in messages:  # a closed pipe's last results count; the worker takes no more
+            self._handle(worker, msg, reuse=not closed)
         if closed and worker in self._workers:
             worker.process.join(0.5)  # reap it: the exit code (or signal) says why
             code = worker.process.exitcode
             why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             self._replace(worker, f"worker process died ({why})", "worker_crashed")
 
-    def _handle(self, worker: Worker, msg: Any) -> None:
+    def _handle(self, worker: Worker, msg: Any, *, reuse: bool = True) -> None:
         if not worker.ready.done():
             worker.ready.set_result(None)
+            if not reuse:
+                return
             self._idle.append(worker)
             if self.respawns and self._on_ready is not None:
                 self._on_ready()
@@ -156,7 +158,7 @@ class WorkerPool:
         entry = worker.jobs.popleft()
         if worker.jobs:
             self._arm(worker)
-        else:
+        elif reuse:
             self._idle.append(worker)
         self._on_result(entry.job, msg)
 
