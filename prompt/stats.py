@@ -1,8 +1,27 @@
-"""Percentile summaries, as every report of this project prints them."""
+"""Percentile summaries, as every report of this project prints them, and moving means."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class MovingMeans(Generic[K]):
+    """An exponentially weighted mean per key: each value moves its key's mean by ``weight``
+    of the difference; the first value is the mean (None before it)."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self._weight = weight
+        self._mean: dict[K, float] = {}
+
+    def observe(self, key: K, value: float) -> None:
+        mean = self._mean.get(key)
+        self._mean[key] = value if mean is None else mean + self._weight * (value - mean)
+
+    def get(self, key: K) -> float | None:
+        return self._mean.get(key)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

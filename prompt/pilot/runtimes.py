@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from prompt.stats import MovingMeans
+
 
 class RunTimes:
     """An exponentially weighted mean of each task's successful runs (None until one ran)."""
 
     def __init__(self, weight: float = 0.2) -> None:
-        self._weight = weight
-        self._mean: dict[str, float] = {}
+        self._means = MovingMeans[str](weight)
 
     @staticmethod
     def task(msg: dict[str, Any]) -> str:
@@ -22,10 +23,7 @@ class RunTimes:
         started, finished = result.get("started"), result.get("finished")
         if not (result.get("ok") and isinstance(started, float) and isinstance(finished, float)):
             return
-        seconds = max(0.0, finished - started)
-        key = self.task(msg)
-        mean = self._mean.get(key)
-        self._mean[key] = seconds if mean is None else mean + self._weight * (seconds - mean)
+        self._means.observe(self.task(msg), max(0.0, finished - started))
 
     def estimate(self, msg: dict[str, Any]) -> float | None:
-        return self._mean.get(self.task(msg))
+        return self._means.get(self.task(msg))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 from prompt.dispatcher.engine.model import Job
+from prompt.stats import MovingMeans
 
 OrderName = Literal["feasible", "fifo"]
 
@@ -23,27 +24,22 @@ class Runtimes:
     successful runs; 0 until one finished)."""
 
     def __init__(self, weight: float = 0.2) -> None:
-        self._weight = weight
-        self._mean: dict[int, float] = {}
-        self._all: float | None = None
+        self._means = MovingMeans[int | None](weight)
+        """By task id; None: over all tasks."""
 
     def observe(self, job: Job) -> None:
         if job.started is None or job.finished is None:
             return
         seconds = max(0.0, job.finished - job.started)
-        task = job.visit.task.id
-        self._mean[task] = self._moved(self._mean.get(task), seconds)
-        self._all = self._moved(self._all, seconds)
-
-    def _moved(self, mean: float | None, seconds: float) -> float:
-        return seconds if mean is None else mean + self._weight * (seconds - mean)
+        self._means.observe(job.visit.task.id, seconds)
+        self._means.observe(None, seconds)
 
     def estimate(self, job: Job) -> float:
-        return self._mean.get(job.visit.task.id, 0.0)
+        return self._means.get(job.visit.task.id) or 0.0
 
     def typical(self) -> float | None:
         """Over all tasks (None: nothing has run yet)."""
-        return self._all
+        return self._means.get(None)
 
 
 class Order(Protocol):
