@@ -326,8 +326,7 @@ class Pilot:
                 continue
             pending = self.calibs.preloading(job)
             if pending is None and self.calibs.cached(keys):
-                hit = self.calibs.take_preload_hit(job)
-                self._submit(msg, keys, True if hit is None else hit)
+                self._submit_cached(msg, keys)
             else:
                 self.running[job] = msg  # holds a slot while calibrations load
                 self._reserved += 1
@@ -349,8 +348,14 @@ class Pilot:
             if self.calibs.preloading(msg["job"]) is not None or not self.calibs.cached(keys):
                 return
             self.queued.pop()
-            hit = self.calibs.take_preload_hit(msg["job"])
-            self._submit(msg, keys, True if hit is None else hit, behind=(worker, est))
+            self._submit_cached(msg, keys, behind=(worker, est))
+
+    def _submit_cached(
+        self, msg: Message, keys: list[CacheKey], behind: tuple[Worker, float] | None = None
+    ) -> None:
+        """A job whose calibrations are all cached (a cache hit unless its preload missed)."""
+        hit = self.calibs.take_preload_hit(msg["job"])
+        self._submit(msg, keys, True if hit is None else hit, behind)
 
     def _on_returned(self, job: int) -> None:
         """A job that waited behind another in a worker that died: back to the backlog."""

@@ -48,8 +48,7 @@ class Backlog:
 
     def pop(self) -> Message:
         """The lowest rank, the first come of equals (IndexError if empty)."""
-        while True:
-            _, _, key = heapq.heappop(self._heap)
-            msg = self._jobs.pop(key, None)
-            if msg is not None:
-                return msg
+        msg = self.peek()
+        heapq.heappop(self._heap)
+        del self._jobs[(msg["job"], msg["attempt"])]
+        return msg

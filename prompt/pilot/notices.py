@@ -30,7 +30,7 @@ class StartedNotices:
 
     def add(self, job: int, attempt: int, at: float) -> None:
         if self._delay_s <= 0:
-            self._send({"t": p.STARTED, "job": job, "attempt": attempt, "at": at})
+            self._notice(job, attempt, at)
             return
         self._pending[(job, attempt)] = at
         if self._timer is None:
@@ -40,7 +40,7 @@ class StartedNotices:
         """The job's result is about to be sent: its notice goes first."""
         at = self._pending.pop((job, attempt), None)
         if at is not None:
-            self._send({"t": p.STARTED, "job": job, "attempt": attempt, "at": at})
+            self._notice(job, attempt, at)
 
     def flush(self) -> None:
         if self._timer is not None:
@@ -48,4 +48,7 @@ class StartedNotices:
             self._timer = None
         pending, self._pending = self._pending, {}
         for (job, attempt), at in pending.items():
-            self._send({"t": p.STARTED, "job": job, "attempt": attempt, "at": at})
+            self._notice(job, attempt, at)
+
+    def _notice(self, job: int, attempt: int, at: float) -> None:
+        self._send({"t": p.STARTED, "job": job, "attempt": attempt, "at": at})
