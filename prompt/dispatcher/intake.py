@@ -33,6 +33,7 @@ from prompt.events import (
     AvroCodec,
     EventError,
     ImageArrival,
+    ImageReader,
     NotificationError,
     RawObject,
     decode_consumed,
@@ -83,6 +84,7 @@ class Intake:
         self._writer = writer
         self._codecs = codecs
         self._image_codec = codecs["image-arrival"]
+        self._images = ImageReader(self._image_codec)
         self._dlq = dead_letters
         self._metrics = metrics
         self._health = health
@@ -172,11 +174,13 @@ class Intake:
         if not value or value[0] != MAGIC:
             return False
         try:
-            record = self._image_codec.decode_cached(value)
-            if record is None:
-                return False
-            arrival = limits.image_arrival(ImageArrival.from_record(record))
-            return self._rt.image_now(arrival, consumed)
+            arrival = self._images.read(value)
+            if arrival is None:  # another writer schema, or a body to look at closely
+                record = self._image_codec.decode_cached(value)
+                if record is None:
+                    return False
+                arrival = ImageArrival.from_record(record)
+            return self._rt.image_now(limits.image_arrival(arrival), consumed)
         except EventError:
             return False
 

@@ -13,6 +13,7 @@ from prompt.events.errors import (
     RegistryUnavailableError,
     UnknownSchemaError,
 )
+from prompt.events.image_reader import ImageReader
 from prompt.events.image_topic import decode_image_message
 from prompt.events.models import ImageArrival, NextVisit
 from prompt.events.notification import RawObject, make_notification, parse_notification
@@ -33,6 +34,7 @@ __all__ = [
     "FramingError",
     "HttpSchemaRegistry",
     "ImageArrival",
+    "ImageReader",
     "InvalidEventError",
     "LocalSchemaRegistry",
     "NextVisit",

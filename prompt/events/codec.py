@@ -57,6 +57,17 @@ class AvroCodec:
             plan = self._plan(schema_id, writer)
         return self._read(schema_id, body, plan)
 
+    def writes_as_reader(self, schema_id: int) -> bool:
+        """Whether records with this writer schema id are laid out as the bundled schema
+        (known without I/O; False while the id is not yet fetched)."""
+        plan = self._resolution.get(schema_id)
+        if plan is None:
+            writer = self._registry.cached(schema_id)
+            if writer is None:
+                return False
+            plan = self._plan(schema_id, writer)
+        return plan[1] is None
+
     async def decode(self, value: bytes | None) -> Record:
         """Decode a framed value. Raises a DecodeError subclass (or RegistryUnavailableError)."""
         try:
