@@ -151,9 +151,9 @@ class Intake:
         counted = self._metrics.consumed_by["image-arrival"]
         handled, hand_off_at = 0, FIRST_HAND_OFF
         for msgs in batch.values():
+            counted.inc(len(msgs))
             for msg in msgs:
                 consumed = time.time()
-                counted.inc()
                 if not self._image_now(msg, consumed):
                     await self._image_message(msg, consumed)
                 handled += 1
