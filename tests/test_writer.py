@@ -92,3 +92,56 @@ async def test_a_job_that_ends_while_its_batch_waits_for_a_connection_keeps_its_
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_commit_waits_for_a_burst_of_images_to_pass_then_lands() -> None:
+    """While the intake says a burst is in progress the batch is held (asked again and again,
+    no transaction begun); once it has passed the batch commits, with what came meanwhile."""
+    sim, job_id = pushed(Sim(), "p1")
+    job = next(j for v in sim.engine.book.visits.values() for j in v.jobs.values())
+    fence = _GatedFence()
+    fence.gate.set()
+    writer = StateWriter(None, "c", fence, lambda _o: None, coalesce_s=0)  # type: ignore[arg-type]
+    busy, asked = True, asyncio.Event()
+    calls = 0
+
+    def busy_for() -> float:
+        nonlocal calls
+        calls += 1
+        if calls >= 3:
+            asked.set()
+        return 0.001 if busy else 0.0
+
+    writer.defer_while(busy_for, at_most_s=60)
+    task = asyncio.create_task(writer.run())
+    try:
+        writer.job(job)
+        await asyncio.wait_for(asked.wait(), 5)
+        assert not fence.entered.is_set() and fence.committed == []
+        writer.offset("images", 0, 7)  # arrives while held: goes in the same transaction
+        busy = False
+        await asyncio.wait_for(writer.flush(), 5)
+        assert len(fence.committed) == 1
+        assert [r[0] for r in _rows(fence.committed[0], JOB_UPDATE)] == [job_id]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_burst_that_never_ends_holds_a_commit_only_so_long() -> None:
+    sim, _ = pushed(Sim(), "p1")
+    job = next(j for v in sim.engine.book.visits.values() for j in v.jobs.values())
+    fence = _GatedFence()
+    fence.gate.set()
+    writer = StateWriter(None, "c", fence, lambda _o: None, coalesce_s=0)  # type: ignore[arg-type]
+    writer.defer_while(lambda: 10.0, at_most_s=0.02)
+    task = asyncio.create_task(writer.run())
+    try:
+        writer.job(job)
+        await asyncio.wait_for(writer.flush(), 5)  # the guard: held for 10 s a time it fails
+        assert len(fence.committed) == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -56,6 +56,11 @@ frames otherwise leave only when it ends: the pilots would idle meanwhile. Few h
 not one per time slice: each wakes every pilot, which on a busy host preempts the intake."""
 
 
+BURST_TAIL_S: Final = 0.02
+"""A burst of images keeps the cores busy this long after its last fetch batch is handed out
+(the pilots' hand-offs, the workers waking): the state writer waits for it to pass."""
+
+
 class RejectedError(EventError):
     """The database refused what the event would have written (its values, not the link)."""
 
@@ -91,6 +96,7 @@ class Intake:
         self._resolver = resolver
         self._retry_for_s = retry_for_s
         self._stopping = asyncio.Event()
+        self._images_at = float("-inf")
         self.consumers = consumers
 
     # ---- start and stop ---------------------------------------------------------------------
@@ -107,6 +113,11 @@ class Intake:
     @property
     def positions(self) -> dict[tuple[str, int], int]:
         return self.consumers.positions
+
+    def burst_left_s(self) -> float:
+        """How much longer the burst of images in progress may keep the cores busy (0: none
+        is in progress)."""
+        return max(0.0, self._images_at + BURST_TAIL_S - time.monotonic())
 
     def stop(self) -> None:
         self._stopping.set()
@@ -161,6 +172,7 @@ class Intake:
                     self._rt.hand_off()
                     hand_off_at *= 2
             if msgs:
+                self._images_at = time.monotonic()
                 last = msgs[-1]
                 self._writer.offset(last.topic, last.partition, last.offset + 1)
                 self.positions[(last.topic, last.partition)] = last.offset + 1

@@ -176,6 +176,7 @@ async def run_term(
             resolver=resolver,
             retry_for_s=config.dependency_retry_s,
         )
+        writer.defer_while(intake.burst_left_s)
         async with asyncio.TaskGroup() as tg:
             background = [
                 tg.create_task(writer.run(), name="state-writer"),

@@ -83,6 +83,17 @@ class StateWriter:
         self.oldest_change: float | None = None
         """Monotonic time of the oldest change not yet committed (None: all committed)."""
         self.last_error: str | None = None
+        self._busy_for: Callable[[], float] | None = None
+        self._defer_max_s = 0.0
+
+    def defer_while(self, busy_for: Callable[[], float], *, at_most_s: float = 0.25) -> None:
+        """Commits wait while ``busy_for()`` (seconds) says a burst of images is being
+        handed out, up to ``at_most_s`` after the oldest change. The coalescing wait alone
+        does not keep a commit out of a burst when an earlier change (a resurrection, say)
+        started it: the commit then ran mid-burst, and its CPU here and in the database came
+        out of the burst's (measured on 2 cores: the database 7.9 ms of a 31 ms burst)."""
+        self._busy_for = busy_for
+        self._defer_max_s = at_most_s
 
     # ---- recording (hot path: no I/O) --------------------------------------------------------
 
@@ -156,6 +167,7 @@ class StateWriter:
                 await self._wake.wait()
                 if self._coalesce_s:
                     await asyncio.sleep(self._coalesce_s)
+                await self._after_bursts()
             self._wake.clear()
             batch, self._batch = self._batch, Batch()
             self._generation += 1
@@ -198,6 +210,13 @@ class StateWriter:
                 self._on_outbox(batch.outbox)
             for callback in batch.after:
                 callback()
+
+    async def _after_bursts(self) -> None:
+        if self._busy_for is None:
+            return
+        until = (self.oldest_change or time.monotonic()) + self._defer_max_s
+        while (wait := self._busy_for()) > 0 and (left := until - time.monotonic()) > 0:
+            await asyncio.sleep(min(wait, left))
 
     def _finish(self) -> None:
         self._done_generation = self._generation
