@@ -139,6 +139,8 @@ class Settings(SecretFileSettings):
     /ui/stream, /ui/snapshot); unset: they answer 403."""
     heartbeat_timeout_s: float = Field(default=5.0, gt=0)
     drain_timeout_s: float = Field(default=30.0, ge=0)
+    """The dispatcher's: on stop, how long to wait for jobs on pilots. (A pilot's own drain is
+    bounded by ``prompt pilot --drain-timeout-s``.)"""
     start_from: Literal["latest", "earliest"] = "latest"
     dependency_retry_s: float = Field(default=60.0, gt=0)
     """How long an event or a state commit waits for an unreachable database before the

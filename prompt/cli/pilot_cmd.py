@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "dispatcher's heartbeat timeout (PROMPT_HEARTBEAT_TIMEOUT_S), within which a new "
         "leader waits for the pilots that held jobs",
     )  # fmt: skip
+    p.add_argument(
+        "--drain-timeout-s", type=float, default=300.0,
+        help="on SIGTERM, wait at most this long for running jobs and the acknowledgement of "
+        "their results, then stop the workers and exit (the dispatcher retries what was left); "
+        "keep it under the pod's terminationGracePeriodSeconds",
+    )  # fmt: skip
     p.add_argument("--worker-nice", type=int, default=5, help="CPU niceness of workers vs pilot")
     p.add_argument(
         "--worker-lookahead-ms", type=float, default=20.0,
@@ -98,6 +104,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         labels=tuple(args.label),
         heartbeat_s=args.heartbeat_s,
         reconnect_max_s=args.reconnect_max_s,
+        drain_timeout_s=args.drain_timeout_s,
         cache_bytes=int(args.cache_mb * 1024 * 1024),
         warm_imports=tuple(args.warm_import),
         worker_nice=args.worker_nice,

@@ -29,6 +29,7 @@ from prompt.pilot.backlog import Backlog
 from prompt.pilot.cache import CacheKey, CalibrationCache
 from prompt.pilot.calibrations import CalibrationSource
 from prompt.pilot.config import PilotConfig
+from prompt.pilot.drain import abandoned, start_deadline_on_stop
 from prompt.pilot.loading import CalibrationLoader
 from prompt.pilot.notices import StartedNotices
 from prompt.pilot.results import calib_failure, failure, fitting
@@ -81,6 +82,8 @@ class Pilot:
         self._reserved = 0
         """Slots held by jobs whose calibrations are still loading."""
         self.draining = False
+        self._drain = asyncio.Timeout(None)
+        """Expires ``drain_timeout_s`` after ``stop`` is set (see ``prompt.pilot.drain``)."""
         self.connected = asyncio.Event()
         self.jobs_run = 0
         self._address = 0  # which of config.addresses to try next
@@ -90,42 +93,22 @@ class Pilot:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, then drain: finish running jobs, deliver results, exit."""
+        """Serve until ``stop`` is set, then drain: finish running jobs, deliver results, exit;
+        after ``drain_timeout_s`` at most (see ``prompt.pilot.drain``)."""
         await self.pool.start()
         if self.alerts is not None:
             await self.alerts.start()
         # Default-sized young collections here: with 20k objects per collection, pilots showed
         # 12-33 ms pauses mid-burst (the dispatcher, which allocates differently, shows none).
         freeze_startup_objects(gen0_threshold=700)
-        backoff = self.config.reconnect_min_s
+        timeout_s = self.config.drain_timeout_s
         try:
-            while not self._finished_draining(stop):
-                try:
-                    await self._session(stop)
-                    backoff = self.config.reconnect_min_s
-                except PilotRefusedError:
-                    raise
-                except _ClosedBeforeWelcomeError as exc:
-                    self._unanswered += 1
-                    limit = self.config.closed_before_welcome_limit
-                    if self._unanswered >= limit:
-                        why = closed_before_welcome(self.config.ssl_context is not None, limit)
-                        raise PilotRefusedError(f"{why} (last: {exc.__cause__!r})") from exc
-                    log.warning("dispatcher closed the connection before answering",
-                                error=repr(exc.__cause__), retry_in=backoff)  # fmt: skip
-                except (
-                    OSError,
-                    ConnectionError,
-                    ProtocolError,
-                    asyncio.IncompleteReadError,
-                ) as exc:
-                    log.warning("dispatcher connection lost", error=repr(exc), retry_in=backoff)
-                self.connected.clear()
-                if self._finished_draining(stop):
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, self.config.reconnect_max_s)
+            async with self._drain:
+                self._spawn(start_deadline_on_stop(stop, timeout_s, self._drain))
+                await self._serve(stop)
+        except TimeoutError:
+            if not self._drain.expired():
+                raise
         finally:
             for task in list(self._background):
                 task.cancel()
@@ -133,9 +116,44 @@ class Pilot:
             if self.alerts is not None:
                 await self.alerts.stop()
             self.cache.close()
+        if self.running or self.queued or self.unacked:  # the drain timed out
+            queued, unacked = [m["job"] for m in self.queued], [j for j, _ in self.unacked]
+            log.warning("drain timed out: stopped with jobs unfinished (the dispatcher retries "
+                        "them when it declares this pilot lost)", timeout_s=timeout_s,
+                        **abandoned(self.running, queued, unacked))  # fmt: skip
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        """Sessions with the dispatcher, reconnecting with backoff, until drained."""
+        backoff = self.config.reconnect_min_s
+        while not self._finished_draining(stop):
+            try:
+                await self._session(stop)
+                backoff = self.config.reconnect_min_s
+            except PilotRefusedError:
+                raise
+            except _ClosedBeforeWelcomeError as exc:
+                self._unanswered += 1
+                limit = self.config.closed_before_welcome_limit
+                if self._unanswered >= limit:
+                    why = closed_before_welcome(self.config.ssl_context is not None, limit)
+                    raise PilotRefusedError(f"{why} (last: {exc.__cause__!r})") from exc
+                log.warning("dispatcher closed the connection before answering",
+                            error=repr(exc.__cause__), retry_in=backoff)  # fmt: skip
+            except (OSError, ConnectionError, ProtocolError, asyncio.IncompleteReadError) as exc:
+                log.warning("dispatcher connection lost", error=repr(exc), retry_in=backoff)
+            self.connected.clear()
+            if self._finished_draining(stop):
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, self.config.reconnect_max_s)
 
     def _finished_draining(self, stop: asyncio.Event) -> bool:
-        return stop.is_set() and not self.running and not self.queued and not self.unacked
+        """Stopped, and nothing left to run or deliver, or no more time to. (The drain's
+        deadline cancels what the pilot awaits; a cancellation that ``wait_for`` swallows, as
+        it can on Python 3.11, ends the loops here instead.)"""
+        idle = not self.running and not self.queued and not self.unacked
+        return stop.is_set() and (idle or self._drain.expired())
 
     async def _connect(
         self, host: str, port: int

@@ -20,6 +20,8 @@ class PilotConfig:
     reconnect_max_s: float = 5.0
     cache_bytes: int = 2 * 1024**3
     drain_timeout_s: float = 300.0
+    """On stop, wait this long at most for running, queued and unacknowledged jobs, then stop
+    the workers and exit (see ``prompt.pilot.drain``)."""
     preload_concurrency: int = 8
     worker_nice: int = 5
     worker_lookahead_s: float = 0.02

@@ -185,8 +185,13 @@ class WorkerPool:
             self._on_returned(entry.job)
 
     async def stop(self) -> None:
+        """Idle workers are asked to exit; a worker still running a job (a pilot stopping
+        after its drain timed out, or refused) is killed: its pipe is no longer read, so the
+        result would be lost anyway, and a hung job would hold the stop up."""
         for worker in self._workers:
             worker.detach()
-        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self._workers))
+        await asyncio.gather(
+            *(asyncio.to_thread(w.kill if w.jobs else w.stop) for w in self._workers)
+        )
         self._workers.clear()
         self._idle.clear()
