@@ -48,6 +48,14 @@ def exposure_seq(v: PlannedVisit, snap: int) -> int:
     return v.seq_num if v.n_snaps == 1 else SNAP_SEQ_BASE + v.seq_num * 10 + snap
 
 
+def exposure(v: PlannedVisit, snap: int, detector: int) -> tuple[str, str]:
+    """A snap's obs_id and the object key of its raw of ``detector`` (by ``exposure_seq``):
+    where ``S3Images`` PUTs the raw and what ``AvroImages`` names, so both paths give each
+    exposure its own."""
+    seq = exposure_seq(v, snap)
+    return obs_id(INSTRUMENT, v.day_obs, seq), raw_key(INSTRUMENT, v.day_obs, seq, detector)
+
+
 def placeholder_raw(group_id: str, snap: int, seq: int, day_obs: int) -> bytes:
     """A header-only FITS object: what the dispatcher reads of a raw, and nothing else."""
     cards = {
@@ -72,15 +80,18 @@ class ImagePublisher(Protocol):
 
 @dataclass
 class AvroImages:
+    """Image-arrival events naming ``data_uri/{key}``. The alert payload reads those raws: the
+    simulator's, one per visit and detector, as its visits have one snap (``for_alerts``),
+    whose exposure keeps the visit's number."""
+
     sender: EventSender
     data_uri: str
 
     async def publish(self, v: PlannedVisit, group_id: str, detector: int, snap: int) -> None:
-        key = raw_key(INSTRUMENT, v.day_obs, v.seq_num, detector)
+        oid, key = exposure(v, snap, detector)
         arrival = ImageArrival(
             instrument=INSTRUMENT, group_id=group_id, snap=snap, detector=detector,
-            uri=f"{self.data_uri}/{key}", obs_id=key.split("/")[2], day_obs=v.day_obs,
-            event_time=time.time(),
+            uri=f"{self.data_uri}/{key}", obs_id=oid, day_obs=v.day_obs, event_time=time.time(),
         )  # fmt: skip
         await self.sender.image(arrival)
 
@@ -118,15 +129,15 @@ class S3Images:
         return path.read_bytes
 
     async def publish(self, v: PlannedVisit, group_id: str, detector: int, snap: int) -> None:
-        key = raw_key(INSTRUMENT, v.day_obs, exposure_seq(v, snap), detector)
+        oid, key = exposure(v, snap, detector)
         body = self._body(v, group_id, detector, snap)
         # Never waits: the driver keeps its schedule; a slow S3 shows as later notifications
         # (and in put_ms), as a slow store would at the summit.
-        task = asyncio.create_task(self._deliver(key, body))
+        task = asyncio.create_task(self._deliver(oid, key, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, key: str, body: Callable[[], bytes]) -> None:
+    async def _deliver(self, oid: str, key: str, body: Callable[[], bytes]) -> None:
         async with self._limit:  # bounded in flight (and raws read from disk only then)
             data = body() if self.raws_from is None else await asyncio.to_thread(body)
             t0 = time.perf_counter()
@@ -138,7 +149,7 @@ class S3Images:
             self.put_ms.append((time.perf_counter() - t0) * 1e3)
         self.bytes_put += len(data)
         note = make_notification(self.s3.bucket_raws, key, event_time=time.time(), size=len(data))
-        await self.sender.notification(note, key.split("/")[2].encode())
+        await self.sender.notification(note, oid.encode())
 
     async def drain(self) -> None:
         while self._tasks:

@@ -156,3 +156,58 @@ def test_replay_placeholder_raw_is_a_header_the_resolver_reads() -> None:
     assert parse_fits_header(data[:80]) is None, "no END yet: read more"
     with pytest.raises(ValueError, match="not a FITS file"):
         parse_fits_header(b"NOTFITS =                    T".ljust(80))
+
+
+async def test_replay_avro_arrivals_name_each_snap_as_the_s3_path_writes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The two snaps of a two-snap visit are two exposures: the Avro path gives each its own
+    obs_id and uri (both used to be the visit's), the same the S3 path PUTs and notifies."""
+    from dataclasses import replace
+    from typing import Any, cast
+
+    from loadtest.images import AvroImages, S3Images
+    from loadtest.schedule import synthetic_night
+    from prompt.config import S3Settings
+    from prompt.events.raw_metadata import parse_fits_header
+    from prompt.testing.traffic import EventSender
+
+    class Sender:
+        def __init__(self) -> None:
+            self.images: list[ImageArrival] = []
+            self.notes: list[tuple[bytes, bytes]] = []
+
+        async def image(self, arrival: ImageArrival) -> None:
+            self.images.append(arrival)
+
+        async def notification(self, value: bytes, key: bytes) -> None:
+            self.notes.append((value, key))
+
+    class Store:
+        def __init__(self) -> None:
+            self.objects: dict[str, bytes] = {}
+
+        async def put_async(self, key: str, data: bytes) -> Any:
+            self.objects[key] = data
+
+    v = replace(synthetic_night(seed=1, visits=1).visits[0], seq_num=97, n_snaps=2)
+    group, detector = "2025-05-01T23:33:14.762-abcd", 94
+    avro_sender, s3_sender, store = Sender(), Sender(), Store()
+    avro = AvroImages(cast(EventSender, avro_sender), "s3://rubin-summit")
+    s3 = S3Images(cast(EventSender, s3_sender), S3Settings(), raws_from=None)
+    monkeypatch.setattr(s3, "_store", store)
+    for snap in range(v.n_snaps):
+        await avro.publish(v, group, detector, snap)
+        await s3.publish(v, group, detector, snap)
+    await s3.drain()
+
+    first, second = avro_sender.images
+    assert first.obs_id != second.obs_id and first.uri != second.uri
+    assert (first.snap, second.snap) == (0, 1)
+    for arrival, (note, kafka_key) in zip(avro_sender.images, s3_sender.notes, strict=True):
+        (raw,) = parse_notification(note)
+        assert (arrival.uri, arrival.obs_id) == (raw.uri, raw.obs_id)
+        assert kafka_key == arrival.obs_id.encode()
+        header = parse_fits_header(store.objects[raw.key])
+        assert header is not None
+        assert (header["OBSID"], header["CURINDEX"]) == (arrival.obs_id, arrival.snap + 1)
