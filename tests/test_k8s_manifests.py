@@ -60,6 +60,8 @@ SETTING_OF_PORT = {
 """Container port name -> the setting that makes the process listen there."""
 DELIVERY_MARGIN_S = 30
 """After a pilot's last job times out: alert delivery, result sent and acknowledged."""
+PILOT_STOP_S = 10
+"""After a pilot's drain timeout: its workers killed, its producer and connection closed."""
 
 
 @pytest.fixture(params=OVERLAYS)
@@ -368,6 +370,11 @@ def test_grace_periods_cover_drain_and_job_timeouts(m: Manifests) -> None:
     longest = max(t.job_timeout_s for t in TaskFile.model_validate(yaml.safe_load(text)).tasks)
     pilot = pod_spec(m.component("pilot"))
     assert pilot["terminationGracePeriodSeconds"] >= longest + DELIVERY_MARGIN_S
+    # A pilot that cannot finish its drain (its dispatcher gone, a job hung) gives up on its
+    # own, after the longest job could have run, and exits before the kubelet kills it.
+    args = pilot["containers"][0]["args"]
+    pilot_drain = float(args[args.index("--drain-timeout-s") + 1])
+    assert longest < pilot_drain <= pilot["terminationGracePeriodSeconds"] - PILOT_STOP_S
     dispatcher = pod_spec(m.component("dispatcher"))
     drain = float(container_env(m, dispatcher["containers"][0])["PROMPT_DRAIN_TIMEOUT_S"])
     assert dispatcher["terminationGracePeriodSeconds"] >= drain + 10
