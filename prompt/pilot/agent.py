@@ -144,8 +144,11 @@ class Pilot:
             self.connected.clear()
             if self._finished_draining(stop):
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
+            if stop.is_set():  # draining, with results to deliver: back off all the same
+                await asyncio.sleep(backoff)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, self.config.reconnect_max_s)
 
     def _finished_draining(self, stop: asyncio.Event) -> bool:
