@@ -23,12 +23,13 @@ import structlog
 from prompt.bounds import bound_counts, bound_stages
 from prompt.channel import protocol as p
 from prompt.channel.protocol import Channel, Message, ProtocolError
-from prompt.channel.tls import closed_before_welcome, untrusted_dispatcher
+from prompt.channel.tls import closed_before_welcome
 from prompt.pilot.alerts import AlertPublisher
 from prompt.pilot.backlog import Backlog
 from prompt.pilot.cache import CacheKey, CalibrationCache
 from prompt.pilot.calibrations import CalibrationSource
 from prompt.pilot.config import PilotConfig
+from prompt.pilot.connect import ClosedBeforeWelcomeError, PilotRefusedError, connect
 from prompt.pilot.drain import abandoned, start_deadline_on_stop
 from prompt.pilot.loading import CalibrationLoader
 from prompt.pilot.notices import StartedNotices
@@ -41,17 +42,6 @@ from prompt.runtime import freeze_startup_objects
 log = structlog.get_logger(__name__)
 
 JobKey = tuple[int, int]  # (job id, attempt)
-
-
-class PilotRefusedError(RuntimeError):
-    """The dispatcher refused this pilot (bad token, malformed register, TLS it does not accept),
-    or the pilot does not trust the dispatcher's certificate: retrying will not help, the pilot
-    stops (under Kubernetes the restart policy then backs off and re-reads mounted files)."""
-
-
-class _ClosedBeforeWelcomeError(ConnectionError):
-    """Connected, but the dispatcher hung up before answering register (during the TLS
-    handshake or right after it): a TLS mismatch, unless the dispatcher was just going down."""
 
 
 class Pilot:
@@ -131,7 +121,7 @@ class Pilot:
                 backoff = self.config.reconnect_min_s
             except PilotRefusedError:
                 raise
-            except _ClosedBeforeWelcomeError as exc:
+            except ClosedBeforeWelcomeError as exc:
                 self._unanswered += 1
                 limit = self.config.closed_before_welcome_limit
                 if self._unanswered >= limit:
@@ -158,24 +148,11 @@ class Pilot:
         idle = not self.running and not self.queued and not self.unacked
         return stop.is_set() and (idle or self._drain.expired())
 
-    async def _connect(
-        self, host: str, port: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        ctx = self.config.ssl_context
-        name = self.config.tls_server_name if ctx is not None else None
-        try:
-            return await asyncio.open_connection(host, port, ssl=ctx, server_hostname=name)
-        except ssl.SSLCertVerificationError as exc:
-            checked = name or host
-            raise PilotRefusedError(untrusted_dispatcher(exc, f"{host}:{port}", checked)) from exc
-        except (ssl.SSLError, ConnectionResetError) as exc:  # TCP was up: the handshake failed
-            raise _ClosedBeforeWelcomeError() from exc
-
     async def _session(self, stop: asyncio.Event) -> None:
         addresses = self.config.addresses
         host, port = addresses[self._address % len(addresses)]
         self._address += 1  # a failed session moves on to the next address
-        reader, writer = await self._connect(host, port)
+        reader, writer = await connect(self.config, host, port)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -185,7 +162,7 @@ class Pilot:
             try:
                 reply = await asyncio.wait_for(channel.receive(), 10)
             except (asyncio.IncompleteReadError, ConnectionResetError, ssl.SSLError) as exc:
-                raise _ClosedBeforeWelcomeError() from exc
+                raise ClosedBeforeWelcomeError() from exc
             if reply["t"] == p.REFUSED:
                 raise PilotRefusedError(str(reply.get("reason")))
             if reply["t"] != p.WELCOME:
