@@ -155,7 +155,7 @@ class Settings(SecretFileSettings):
     deadline first among the jobs that can still make it (by their task's recent run time),
     then the hopeless ones (still run, reported late); ``fifo`` is first come first served by
     image arrival, the baseline to compare."""
-    backlog_per_pilot: int = Field(default=64, ge=0)
+    backlog_per_pilot: int = Field(default=256, ge=0)
     """Jobs a pilot may hold queued beyond its slots at most (fewer for long jobs), started the
     moment a worker frees; the dispatcher takes them back for a pilot that would idle."""
     dispatch_mode: Literal["warm", "cold"] = "warm"
