@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--sleep-s", type=float, default=0.1, help="sleep payload duration")
     d.add_argument("--warmup", type=int, default=1, help="untimed visits first (reported apart)")
     d.add_argument(
+        "--lead-s", type=float, default=0.3,
+        help="images no sooner than this after their next-visit (20 s or more at the summit)",
+    )  # fmt: skip
+    d.add_argument(
         "--floor", action="store_true",
         help="then a bare uvloop push of the same bursts to pilots x slots warm processes: "
         "the floor, and prompt's burst p50 as a multiple of it",
@@ -104,6 +108,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     shape = BenchShape(
         visits=args.visits, detectors=args.detectors, pilots=args.pilots, slots=args.slots,
         sleep_s=args.sleep_s, warmup=args.warmup, pilot_args=tuple(args.pilot_arg),
+        lead_s=args.lead_s,
     )  # fmt: skip
     if shape.pilots * shape.slots < shape.detectors:
         print(
