@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from prompt.aio import cancel_and_wait
 from prompt.config import Settings
@@ -87,6 +88,8 @@ class EventSender:
         self.producer = AIOKafkaProducer(
             **opts, linger_ms=5, max_batch_size=1024 * 1024, enable_idempotence=False
         )
+        self._partitioner = DefaultPartitioner()
+        """Where the producer would put a key (``images`` builds its batches itself)."""
 
     async def __aenter__(self) -> EventSender:
         await self.producer.start()
@@ -160,14 +163,24 @@ class EventSender:
             await self._enqueue_image(value, key, attempts + 1)
 
     async def images(self, arrivals: list[ImageArrival]) -> None:
-        """One burst: all enqueued at once, then flushed."""
+        """One burst, as one produce request per partition: every record encoded and batched
+        before any is sent. Sent one by one, a burst left as two or more batches (the first
+        when ``linger_ms`` ran out while the rest were still being encoded), each read by its
+        own fetch."""
         topic = self.settings.topics.image_arrival
-        futures = [
-            await self.producer.send(
-                topic, self.image_codec.encode(a.to_record()), key=a.group_id.encode()
-            )
-            for a in arrivals
-        ]
+        partitions = sorted(await self.producer.partitions_for(topic))
+        records = [(a.group_id.encode(), self.image_codec.encode(a.to_record())) for a in arrivals]
+        batches: dict[int, Any] = {}
+        futures = []
+        for key, value in records:
+            part = self._partitioner(key, partitions, partitions)
+            batch = batches.get(part) or batches.setdefault(part, self.producer.create_batch())
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it
+                futures.append(await self.producer.send_batch(batch, topic, partition=part))
+                batch = batches[part] = self.producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        for part, batch in batches.items():
+            futures.append(await self.producer.send_batch(batch, topic, partition=part))
         await asyncio.gather(*futures)
 
 
