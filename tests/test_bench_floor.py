@@ -59,14 +59,14 @@ def test_floor_pushes_to_real_processes_and_times_every_burst() -> None:
 
 
 @pytest.mark.stack
-def test_dispatch_bench_with_floor_prints_the_ratio(
+def test_dispatch_bench_with_floor_and_cpu_prints_the_ratio_and_where_the_cpu_went(
     prompt_stack: Endpoints, tmp_path: Path
 ) -> None:
     out = tmp_path / "bench.json"
     proc = run_prompt(
         "--state-dir", str(tmp_path / "state"), "bench", "dispatch", "--visits", "2",
         "--detectors", "6", "--pilots", "1", "--slots", "2", "--sleep-s", "0", "--warmup", "1",
-        "--floor", "--json", str(out), "--logs", str(tmp_path / "logs"),
+        "--floor", "--cpu", "--json", str(out), "--logs", str(tmp_path / "logs"),
         env={"PROMPT_DATABASE_URL": prompt_stack.database_url,
              "PROMPT_KAFKA_BOOTSTRAP": prompt_stack.kafka_bootstrap},
         timeout=180,
@@ -82,3 +82,8 @@ def test_dispatch_bench_with_floor_prints_the_ratio(
     assert f"= {result['floor_ratio_p50']} x the floor" in text
     assert result["intake"]["burst_cpu_ms"]["p50"] > 0
     assert "dispatcher intake alone (prompt bench intake):" in text
+    cpu = result["cpu"]
+    assert cpu["bursts"] == 2  # the warm-up visit left out
+    for role in ("dispatcher", "pilots", "workers", "bench"):
+        assert cpu["per_role_ms"][role]["p50"] > 0, role
+    assert f"all {cpu['total_ms']['p50']} on" in text

@@ -8,7 +8,9 @@ observatory announces a visit >= 20 s ahead), then all D image-arrivals in one b
 Figures (from the completion events and the dispatcher's own records):
 - dispatch_ms: image-arrival consumed -> job started on the pilot (first attempts);
 - resurrect_ms: next-visit consumed -> visit and its jobs committed;
-- burst_ms: per visit, first image-arrival of the burst consumed -> last of its jobs started.
+- burst_ms: per visit, first image-arrival of the burst consumed -> last of its jobs started;
+- with ``cpu_window_s``: the CPU each process role spent in that window from each burst's
+  images (``prompt.bench.cpu``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from prompt.bench.cpu import CpuSampler, summary
 from prompt.config import Settings, Topics
 from prompt.kafka import ensure_topics
 from prompt.stack import owned_stack, resolve_database_url
 from prompt.stack.scratch import scratch_database
+from prompt.stack.stack import Stack
 from prompt.stats import summarize
 from prompt.store import connect
 from prompt.testing.processes import start_dispatcher, start_pilot
@@ -51,6 +55,9 @@ class BenchShape:
     are preloaded). At the summit the lead is 20 s or more, so what a next-visit sets off (the
     resurrection, its rows committed, the preloads) is done before the images come; sent at
     once, that work ran inside the burst (measured: the database ~8 ms of a burst's CPU)."""
+    cpu_window_s: float = 0.0
+    """When > 0: the CPU of each process role in this window from each burst's images (keep
+    it under ``sleep_s``, or the jobs' ends are counted too)."""
 
 
 def isolated(settings: Settings, run_id: str) -> Settings:
@@ -66,17 +73,20 @@ def isolated(settings: Settings, run_id: str) -> Settings:
 async def run_bench(settings: Settings, shape: BenchShape, log_dir: Path) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     settings = isolated(settings, run_id)
+    stack = Stack(settings)
     async with (
-        owned_stack(settings) as endpoints,
+        owned_stack(settings, stack) as endpoints,
         scratch_database(endpoints.database_url, "bench") as url,
     ):
         run_settings = settings.with_overrides(
             database_url=url, kafka_bootstrap=endpoints.kafka_bootstrap
         )
-        return await _run(run_settings, shape, log_dir, run_id)
+        return await _run(run_settings, shape, log_dir, run_id, stack)
 
 
-async def _run(settings: Settings, shape: BenchShape, log_dir: Path, run_id: str) -> dict[str, Any]:
+async def _run(
+    settings: Settings, shape: BenchShape, log_dir: Path, run_id: str, stack: Stack
+) -> dict[str, Any]:
     await ensure_topics(settings, settings.kafka_bootstrap or "")
     await apply_task_file(
         settings,
@@ -94,6 +104,8 @@ async def _run(settings: Settings, shape: BenchShape, log_dir: Path, run_id: str
             for i in range(shape.pilots)
         ]  # fmt: skip
         await service.wait_pilots(shape.pilots)
+        sampler = _sampler(stack, service, pilots) if shape.cpu_window_s > 0 else None
+        cpu: list[dict[str, float]] = []
         groups: list[str] = []
         async with CompletionCollector(settings) as collector, EventSender(settings) as sender:
             total = shape.warmup + shape.visits
@@ -107,7 +119,12 @@ async def _run(settings: Settings, shape: BenchShape, log_dir: Path, run_id: str
                 images_at = time.monotonic() + shape.lead_s
                 await _wait_preloaded(service, group, shape)
                 await asyncio.sleep(images_at - time.monotonic())
+                before = sampler.before() if sampler and v >= shape.warmup else None
+                sent = time.monotonic()
                 await sender.images(image_arrivals(nv, range(shape.detectors)))
+                if sampler and before is not None:
+                    await asyncio.sleep(sent + shape.cpu_window_s - time.monotonic())
+                    cpu.append(sampler.delta_ms(before, sampler.after()))
                 await collector.wait_for((v + 1) * shape.detectors, timeout=120)
                 label = "warm-up visit" if v < shape.warmup else "visit"
                 print(f"  {label} {v + 1}/{total} done", flush=True)
@@ -121,14 +138,31 @@ async def _run(settings: Settings, shape: BenchShape, log_dir: Path, run_id: str
             await asyncio.to_thread(pilot.terminate, 60)
         await asyncio.to_thread(service.terminate, 60)
     warm = set(groups[: shape.warmup])
-    return _report(
-        shape,
-        [r for r in records if r["groupId"] not in warm],
-        duplicates,
-        completed_jobs - shape.warmup * shape.detectors,
-        resurrect,
-        warmup=[r for r in records if r["groupId"] in warm],
+    extra = {"cpu": summary(cpu, shape.cpu_window_s)} if cpu else {}
+    return (
+        _report(
+            shape,
+            [r for r in records if r["groupId"] not in warm],
+            duplicates,
+            completed_jobs - shape.warmup * shape.detectors,
+            resurrect,
+            warmup=[r for r in records if r["groupId"] in warm],
+        )
+        | extra
     )
+
+
+def _sampler(stack: Stack, service: Any, pilots: list[Any]) -> CpuSampler:
+    status = stack.status()
+    servers = {role: status.get(role, {}).get("pid") for role in ("postgres", "broker", "s3")}
+    roots = {
+        "dispatcher": [service.proc.pid],
+        "pilots": [p.proc.pid for p in pilots],
+        **{role: [pid] for role, pid in servers.items() if pid},
+    }
+    children = {"dispatcher": "dispatcher", "pilots": "workers", "postgres": "postgres",
+                "broker": "broker", "s3": "s3"}  # fmt: skip
+    return CpuSampler(roots, children)
 
 
 async def _wait_preloaded(service: Any, group: str, shape: BenchShape) -> None:

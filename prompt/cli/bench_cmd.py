@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the floor, and prompt's burst p50 as a multiple of it",
     )  # fmt: skip
     d.add_argument(
+        "--cpu", action="store_true",
+        help="also the CPU of each process (dispatcher, pilots, workers, database, broker, S3, "
+        "the bench) in the 60 ms from each burst's images (Linux /proc schedstat)",
+    )  # fmt: skip
+    d.add_argument(
         "--pilot-arg", action="append", default=[], metavar="ARG",
         help="passed to every `prompt pilot` (repeatable; e.g. --pilot-arg=--worker-lookahead-ms "
         "--pilot-arg=0 to measure without queueing jobs in busy workers)",
@@ -108,13 +113,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     shape = BenchShape(
         visits=args.visits, detectors=args.detectors, pilots=args.pilots, slots=args.slots,
         sleep_s=args.sleep_s, warmup=args.warmup, pilot_args=tuple(args.pilot_arg),
-        lead_s=args.lead_s,
+        lead_s=args.lead_s, cpu_window_s=0.06 if args.cpu else 0.0,
     )  # fmt: skip
     if shape.pilots * shape.slots < shape.detectors:
         print(
             f"note: {shape.pilots}x{shape.slots} slots < {shape.detectors} detectors: "
             "dispatch_ms will include waiting for a free slot"
         )
+    if args.cpu:
+        from prompt.bench.cpu import available
+
+        if not available():
+            raise SystemExit("--cpu reads /proc/<pid>/task/<tid>/schedstat: Linux only")
     result = asyncio.run(run_bench(settings, shape, args.logs))
     if args.floor:  # after prompt's processes are gone: the two never share the cores
         from prompt.bench.floor import FloorShape, floor_line, measure_floor, with_floor
@@ -134,6 +144,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.floor:
         print(floor_line(result))
         print(intake_line(result))
+    if "cpu" in result:
+        from prompt.bench.cpu import cpu_line
+
+        print(cpu_line(result["cpu"]))
     if args.json:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     ok = result["lost"] == 0 and result["duplicates"] == 0
