@@ -49,24 +49,23 @@ class AvroCodec:
     def decode_cached(self, value: bytes | None) -> Record | None:
         """Decode without I/O; None if the writer schema is not yet known (call ``decode``)."""
         schema_id, body = unframe(value)
+        plan = self._cached_plan(schema_id)
+        return None if plan is None else self._read(schema_id, body, plan)
+
+    def writes_as_reader(self, schema_id: int) -> bool:
+        """Whether records with this writer schema id are laid out as the bundled schema
+        (known without I/O; False while the id is not yet fetched)."""
+        plan = self._cached_plan(schema_id)
+        return plan is not None and plan[1] is None
+
+    def _cached_plan(self, schema_id: int) -> tuple[Any, Any] | None:
         plan = self._resolution.get(schema_id)
         if plan is None:
             writer = self._registry.cached(schema_id)
             if writer is None:
                 return None
             plan = self._plan(schema_id, writer)
-        return self._read(schema_id, body, plan)
-
-    def writes_as_reader(self, schema_id: int) -> bool:
-        """Whether records with this writer schema id are laid out as the bundled schema
-        (known without I/O; False while the id is not yet fetched)."""
-        plan = self._resolution.get(schema_id)
-        if plan is None:
-            writer = self._registry.cached(schema_id)
-            if writer is None:
-                return False
-            plan = self._plan(schema_id, writer)
-        return plan[1] is None
+        return plan
 
     async def decode(self, value: bytes | None) -> Record:
         """Decode a framed value. Raises a DecodeError subclass (or RegistryUnavailableError)."""
