@@ -87,3 +87,5 @@ def test_dispatch_bench_with_floor_and_cpu_prints_the_ratio_and_where_the_cpu_we
     for role in ("dispatcher", "pilots", "workers", "bench"):
         assert cpu["per_role_ms"][role]["p50"] > 0, role
     assert f"all {cpu['total_ms']['p50']} on" in text
+    assert floor["cpu"]["bursts"] == 2 and floor["cpu"]["per_role_ms"]["processes"]["p50"] > 0
+    assert "x the floor's" in text

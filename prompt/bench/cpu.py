@@ -24,22 +24,26 @@ def available() -> bool:
 
 
 class CpuSampler:
-    def __init__(self, roots: dict[str, list[int]], with_children: dict[str, str]) -> None:
+    def __init__(
+        self, roots: dict[str, list[int]], with_children: dict[str, str], own_role: str = "bench"
+    ) -> None:
         """``roots``: role -> its processes; ``with_children``: role -> the role their
-        descendants count for (the same role, or another: a pilot's workers)."""
+        descendants count for (the same role, or another: a pilot's workers); ``own_role``:
+        the name this process's own CPU is reported under."""
         self._roots = roots
         self._children = with_children
+        self._own = own_role
 
     def before(self) -> dict[str, int]:
         """Taken before the burst: this process's own CPU read last, after reading /proc."""
         out = self._others()
-        out["bench"] = time.process_time_ns()
+        out[self._own] = time.process_time_ns()
         return out
 
     def after(self) -> dict[str, int]:
         """Taken after the burst: this process's own CPU read first, before reading /proc."""
         own = time.process_time_ns()
-        return {**self._others(), "bench": own}
+        return {**self._others(), self._own: own}
 
     def _others(self) -> dict[str, int]:
         """CPU nanoseconds so far, per role (processes that ended are no longer counted:
@@ -72,15 +76,15 @@ def summary(samples: list[dict[str, float]], window_s: float) -> dict[str, objec
     }
 
 
-def cpu_line(cpu: dict[str, object]) -> str:
+def cpu_line(cpu: dict[str, object], what: str = "each burst's images") -> str:
     per_role = cpu["per_role_ms"]
     assert isinstance(per_role, dict)
     parts = "  ".join(f"{role} {s['p50']}" for role, s in per_role.items())
     total = cpu["total_ms"]
     assert isinstance(total, dict)
     return (
-        f"CPU in the {cpu['window_ms']} ms from each burst's images (ms, p50 of "
-        f"{cpu['bursts']}): {parts}; all {total['p50']} on {cpu['cores']} cores"
+        f"CPU in the {cpu['window_ms']} ms from {what} (ms, p50 of {cpu['bursts']}): "
+        f"{parts}; all {total['p50']} on {cpu['cores']} cores"
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from prompt.bench.cpu import CpuSampler, summary
 from prompt.stats import summarize
 
 READY = b'{"ready":1}\n'
@@ -40,6 +41,9 @@ class FloorShape:
     pause_s: float = 0.2
     """Between bursts: the processes are idle and waiting when a burst arrives."""
     timeout_s: float = 60.0
+    cpu_window_s: float = 0.0
+    """When > 0: the CPU of the pusher and the processes in this window from each t0, as
+    ``prompt bench dispatch --cpu`` measures prompt's (``prompt.bench.cpu``)."""
 
 
 def assign(jobs: int, processes: int) -> list[list[int]]:
@@ -103,6 +107,7 @@ class _Pusher:
         self.connected = asyncio.Event()
         self.starts: dict[int, list[float]] = {}
         self.done: dict[int, asyncio.Event] = {}
+        self.cpu: list[dict[str, float]] = []
 
     async def on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -121,13 +126,17 @@ class _Pusher:
             if len(starts) == self.shape.jobs:
                 self.done[ack["b"]].set()
 
-    async def burst(self, b: int) -> float:
+    async def burst(self, b: int, sampler: CpuSampler | None = None) -> float:
         self.done[b] = asyncio.Event()
         shares = assign(self.shape.jobs, len(self.writers))
+        before = sampler.before() if sampler is not None else None
         t0 = time.time()
         for writer, share in zip(self.writers, shares, strict=True):
             writer.write(frames(b, share))
         await asyncio.wait_for(self.done[b].wait(), self.shape.timeout_s)
+        if sampler is not None and before is not None:
+            await asyncio.sleep(t0 + self.shape.cpu_window_s - time.time())
+            self.cpu.append(sampler.delta_ms(before, sampler.after()))
         return burst_ms(t0, self.starts.pop(b))
 
 
@@ -143,10 +152,13 @@ async def run_floor(shape: FloorShape) -> dict[str, Any]:
     ]
     try:
         await asyncio.wait_for(pusher.connected.wait(), shape.timeout_s)
+        sampler = None
+        if shape.cpu_window_s > 0:
+            sampler = CpuSampler({"processes": [p.pid for p in procs]}, {}, own_role="pusher")
         bursts = []
         for b in range(shape.warmup + shape.bursts):
             await asyncio.sleep(shape.pause_s)
-            bursts.append(await pusher.burst(b))
+            bursts.append(await pusher.burst(b, sampler if b >= shape.warmup else None))
         for writer in pusher.writers:
             writer.write(STOP)
             await writer.drain()
@@ -159,7 +171,8 @@ async def run_floor(shape: FloorShape) -> dict[str, Any]:
                 await proc.wait()
         server.close()
     timed = bursts[shape.warmup :]
-    return {
+    cpu = {"cpu": summary(pusher.cpu, shape.cpu_window_s)} if pusher.cpu else {}
+    return cpu | {
         "processes": shape.processes,
         "jobs": shape.jobs,
         "bursts": shape.bursts,

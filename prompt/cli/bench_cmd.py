@@ -131,7 +131,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         floor = FloorShape(
             processes=shape.pilots * shape.slots, jobs=shape.detectors, bursts=shape.visits,
-            warmup=shape.warmup,
+            warmup=shape.warmup, cpu_window_s=shape.cpu_window_s,
         )  # fmt: skip
         result = with_floor(result, measure_floor(floor))
         # The dispatcher's own CPU for the same bursts, measured next to the floor: the part
@@ -148,6 +148,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         from prompt.bench.cpu import cpu_line
 
         print(cpu_line(result["cpu"]))
+        if "cpu" in result.get("floor", {}):
+            floor_cpu = result["floor"]["cpu"]
+            print(cpu_line(floor_cpu, "each floor burst's t0"))
+            mine, least = result["cpu"]["total_ms"]["p50"], floor_cpu["total_ms"]["p50"]
+            if least > 0:
+                print(f"prompt's CPU per burst = {mine / least:.2f} x the floor's")
     if args.json:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     ok = result["lost"] == 0 and result["duplicates"] == 0
