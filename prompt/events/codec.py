@@ -16,6 +16,7 @@ from prompt.events.errors import DecodeError, EncodeError, PayloadError, Unknown
 from prompt.events.registry import SchemaRegistry, subject_for
 from prompt.events.schemas import CONTRACTS, EventKind, Schema, bundled
 from prompt.events.wire import frame, unframe
+from prompt.events.writer import plan
 
 Record = dict[str, Any]
 
@@ -29,6 +30,10 @@ class AvroCodec:
         self.writer_id = CONTRACTS[kind].bundled_id if writer_id is None else writer_id
         self._registry = registry
         self._reader_canonical = self.reader.canonical()
+        try:
+            self._write = plan(self.reader.raw)
+        except NotImplementedError:  # a type the plan does not know: fastavro writes it
+            self._write = self._fastavro_body
         # writer schema id -> reader_schema argument for fastavro (None when identical).
         self._resolution: dict[int, tuple[Any, Any]] = {}
 
@@ -39,12 +44,17 @@ class AvroCodec:
         return cls(kind, registry, writer_id=writer_id)
 
     def encode(self, record: Record) -> bytes:
-        buf = io.BytesIO()
         try:
-            fastavro.schemaless_writer(buf, self.reader.parsed, record)
+            body = self._write(record)
         except Exception as exc:
-            raise EncodeError(f"record does not fit the {self.kind} schema: {exc}") from exc
-        return frame(self.writer_id, buf.getvalue())
+            why = f"{type(exc).__name__}: {exc}"
+            raise EncodeError(f"record does not fit the {self.kind} schema: {why}") from exc
+        return frame(self.writer_id, body)
+
+    def _fastavro_body(self, record: Record) -> bytes:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self.reader.parsed, record)
+        return buf.getvalue()
 
     def decode_cached(self, value: bytes | None) -> Record | None:
         """Decode without I/O; None if the writer schema is not yet known (call ``decode``)."""
