@@ -27,18 +27,13 @@ class _NotPlain(Exception):
 class ImageReader:
     def __init__(self, codec: AvroCodec) -> None:
         self._codec = codec
-        self._direct: set[int] = set()
-        """Writer schema ids known identical to the bundled image-arrival schema."""
 
     def read(self, value: bytes | None) -> ImageArrival | None:
         """The arrival, without I/O; None if the general decoder must read this value."""
         if not value or len(value) < HEADER_SIZE or value[0] != MAGIC:
             return None
-        schema_id = HEADER.unpack_from(value)[1]
-        if schema_id not in self._direct:
-            if not self._codec.writes_as_reader(schema_id):
-                return None
-            self._direct.add(schema_id)
+        if not self._codec.writes_as_reader(HEADER.unpack_from(value)[1]):
+            return None  # the codec caches what it knows of each writer schema id
         return read_body(value, HEADER_SIZE)
 
 
