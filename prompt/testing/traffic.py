@@ -174,7 +174,9 @@ class EventSender:
         futures = []
         for key, value in records:
             part = self._partitioner(key, partitions, partitions)
-            batch = batches.get(part) or batches.setdefault(part, self.producer.create_batch())
+            batch = batches.get(part)
+            if batch is None:
+                batch = batches[part] = self.producer.create_batch()
             if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it
                 futures.append(await self.producer.send_batch(batch, topic, partition=part))
                 batch = batches[part] = self.producer.create_batch()
