@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import asyncio
 import sys
 
 import pytest
@@ -35,24 +35,28 @@ sys.stdin.readline()
 """
 
 
-def test_a_role_counts_its_process_and_its_descendants_count_for_another() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+async def test_a_role_counts_its_process_and_its_descendants_count_for_another() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _BURNER, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        sampler = CpuSampler({"parent": [proc.pid]}, {"parent": "kids"})
-        before = sampler.before()
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline() == "done\n"  # both have burned by now
-        delta = CpuSampler.delta_ms(before, sampler.after())
+        sampler = CpuSampler({"parent": [proc.pid]}, {"parent": "kids"}, window_s=0.0)
+        window = sampler.start()
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        assert await proc.stdout.readline() == b"done\n"  # both have burned by now
+        await sampler.end(window)
+        (delta,) = sampler.samples
         assert delta["parent"] > 1.0  # three million additions in each process
         assert delta["kids"] > 1.0
         assert delta["bench"] >= 0.0
+        summary = sampler.summary()
+        assert summary is not None and summary["bursts"] == 1
     finally:
         proc.kill()
-        proc.wait()
+        await proc.wait()
 
 
 def test_the_summary_and_its_line_give_every_role_and_the_total() -> None:

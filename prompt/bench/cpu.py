@@ -10,6 +10,7 @@ cannot be shorter than the sum over the cores: this says where that sum goes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -25,25 +26,41 @@ def available() -> bool:
 
 class CpuSampler:
     def __init__(
-        self, roots: dict[str, list[int]], with_children: dict[str, str], own_role: str = "bench"
+        self,
+        roots: dict[str, list[int]],
+        with_children: dict[str, str],
+        window_s: float,
+        own_role: str = "bench",
     ) -> None:
         """``roots``: role -> its processes; ``with_children``: role -> the role their
-        descendants count for (the same role, or another: a pilot's workers); ``own_role``:
-        the name this process's own CPU is reported under."""
+        descendants count for (the same role, or another: a pilot's workers); ``window_s``:
+        how long from each ``start`` a sample covers; ``own_role``: the name this process's
+        own CPU is reported under."""
         self._roots = roots
         self._children = with_children
         self._own = own_role
+        self.window_s = window_s
+        self.samples: list[dict[str, float]] = []
+        """CPU ms per role, one per window."""
 
-    def before(self) -> dict[str, int]:
-        """Taken before the burst: this process's own CPU read last, after reading /proc."""
-        out = self._others()
-        out[self._own] = time.process_time_ns()
-        return out
+    def start(self) -> tuple[float, dict[str, int]]:
+        """Just before a burst: when its window starts, and the CPU so far (this process's
+        own read last, after reading /proc)."""
+        before = self._others()
+        before[self._own] = time.process_time_ns()
+        return time.monotonic(), before
 
-    def after(self) -> dict[str, int]:
-        """Taken after the burst: this process's own CPU read first, before reading /proc."""
+    async def end(self, started: tuple[float, dict[str, int]]) -> None:
+        """Once the burst is out: wait for its window to close, then take the sample (this
+        process's own CPU read first, before reading /proc)."""
+        at, before = started
+        await asyncio.sleep(at + self.window_s - time.monotonic())
         own = time.process_time_ns()
-        return {**self._others(), self._own: own}
+        self.samples.append(self.delta_ms(before, {**self._others(), self._own: own}))
+
+    def summary(self) -> dict[str, object] | None:
+        """The figures of the samples taken (None: none was)."""
+        return summary(self.samples, self.window_s) if self.samples else None
 
     def _others(self) -> dict[str, int]:
         """CPU nanoseconds so far, per role (processes that ended are no longer counted:

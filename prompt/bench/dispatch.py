@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from prompt.bench.cpu import CpuSampler, summary
+from prompt.bench.cpu import CpuSampler
 from prompt.config import Settings, Topics
 from prompt.kafka import ensure_topics
 from prompt.stack import owned_stack, resolve_database_url
@@ -104,8 +104,7 @@ async def _run(
             for i in range(shape.pilots)
         ]  # fmt: skip
         await service.wait_pilots(shape.pilots)
-        sampler = _sampler(stack, service, pilots) if shape.cpu_window_s > 0 else None
-        cpu: list[dict[str, float]] = []
+        sampler = _sampler(stack, service, pilots, shape) if shape.cpu_window_s > 0 else None
         groups: list[str] = []
         async with CompletionCollector(settings) as collector, EventSender(settings) as sender:
             total = shape.warmup + shape.visits
@@ -119,12 +118,10 @@ async def _run(
                 images_at = time.monotonic() + shape.lead_s
                 await _wait_preloaded(service, group, shape)
                 await asyncio.sleep(images_at - time.monotonic())
-                before = sampler.before() if sampler and v >= shape.warmup else None
-                sent = time.monotonic()
+                window = sampler.start() if sampler and v >= shape.warmup else None
                 await sender.images(image_arrivals(nv, range(shape.detectors)))
-                if sampler and before is not None:
-                    await asyncio.sleep(sent + shape.cpu_window_s - time.monotonic())
-                    cpu.append(sampler.delta_ms(before, sampler.after()))
+                if sampler and window is not None:
+                    await sampler.end(window)
                 await collector.wait_for((v + 1) * shape.detectors, timeout=120)
                 label = "warm-up visit" if v < shape.warmup else "visit"
                 print(f"  {label} {v + 1}/{total} done", flush=True)
@@ -138,7 +135,8 @@ async def _run(
             await asyncio.to_thread(pilot.terminate, 60)
         await asyncio.to_thread(service.terminate, 60)
     warm = set(groups[: shape.warmup])
-    extra = {"cpu": summary(cpu, shape.cpu_window_s)} if cpu else {}
+    cpu = sampler.summary() if sampler else None
+    extra = {"cpu": cpu} if cpu else {}
     return (
         _report(
             shape,
@@ -152,7 +150,7 @@ async def _run(
     )
 
 
-def _sampler(stack: Stack, service: Any, pilots: list[Any]) -> CpuSampler:
+def _sampler(stack: Stack, service: Any, pilots: list[Any], shape: BenchShape) -> CpuSampler:
     status = stack.status()
     servers = {role: status.get(role, {}).get("pid") for role in ("postgres", "broker", "s3")}
     roots = {
@@ -162,7 +160,7 @@ def _sampler(stack: Stack, service: Any, pilots: list[Any]) -> CpuSampler:
     }
     children = {"dispatcher": "dispatcher", "pilots": "workers", "postgres": "postgres",
                 "broker": "broker", "s3": "s3"}  # fmt: skip
-    return CpuSampler(roots, children)
+    return CpuSampler(roots, children, shape.cpu_window_s)
 
 
 async def _wait_preloaded(service: Any, group: str, shape: BenchShape) -> None:

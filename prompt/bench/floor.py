@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from prompt.bench.cpu import CpuSampler, summary
+from prompt.bench.cpu import CpuSampler
 from prompt.stats import summarize
 
 READY = b'{"ready":1}\n'
@@ -62,7 +62,8 @@ def burst_ms(t0: float, starts: list[float]) -> float:
 
 
 def ratio(prompt_p50_ms: float, floor_p50_ms: float) -> float | None:
-    """prompt's burst p50 over the floor's; None when either is missing or not positive."""
+    """prompt's figure (burst p50, CPU per burst) over the floor's; None when either is
+    missing or not positive."""
     if not (prompt_p50_ms > 0 and floor_p50_ms > 0):
         return None
     return round(prompt_p50_ms / floor_p50_ms, 2)
@@ -107,7 +108,6 @@ class _Pusher:
         self.connected = asyncio.Event()
         self.starts: dict[int, list[float]] = {}
         self.done: dict[int, asyncio.Event] = {}
-        self.cpu: list[dict[str, float]] = []
 
     async def on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -129,14 +129,13 @@ class _Pusher:
     async def burst(self, b: int, sampler: CpuSampler | None = None) -> float:
         self.done[b] = asyncio.Event()
         shares = assign(self.shape.jobs, len(self.writers))
-        before = sampler.before() if sampler is not None else None
+        window = sampler.start() if sampler is not None else None
         t0 = time.time()
         for writer, share in zip(self.writers, shares, strict=True):
             writer.write(frames(b, share))
         await asyncio.wait_for(self.done[b].wait(), self.shape.timeout_s)
-        if sampler is not None and before is not None:
-            await asyncio.sleep(t0 + self.shape.cpu_window_s - time.time())
-            self.cpu.append(sampler.delta_ms(before, sampler.after()))
+        if sampler is not None and window is not None:
+            await sampler.end(window)
         return burst_ms(t0, self.starts.pop(b))
 
 
@@ -154,7 +153,8 @@ async def run_floor(shape: FloorShape) -> dict[str, Any]:
         await asyncio.wait_for(pusher.connected.wait(), shape.timeout_s)
         sampler = None
         if shape.cpu_window_s > 0:
-            sampler = CpuSampler({"processes": [p.pid for p in procs]}, {}, own_role="pusher")
+            roots = {"processes": [p.pid for p in procs]}
+            sampler = CpuSampler(roots, {}, shape.cpu_window_s, own_role="pusher")
         bursts = []
         for b in range(shape.warmup + shape.bursts):
             await asyncio.sleep(shape.pause_s)
@@ -171,8 +171,8 @@ async def run_floor(shape: FloorShape) -> dict[str, Any]:
                 await proc.wait()
         server.close()
     timed = bursts[shape.warmup :]
-    cpu = {"cpu": summary(pusher.cpu, shape.cpu_window_s)} if pusher.cpu else {}
-    return cpu | {
+    cpu = sampler.summary() if sampler is not None else None
+    return ({"cpu": cpu} if cpu else {}) | {
         "processes": shape.processes,
         "jobs": shape.jobs,
         "bursts": shape.bursts,

@@ -146,14 +146,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(intake_line(result))
     if "cpu" in result:
         from prompt.bench.cpu import cpu_line
+        from prompt.bench.floor import ratio
 
         print(cpu_line(result["cpu"]))
         if "cpu" in result.get("floor", {}):
             floor_cpu = result["floor"]["cpu"]
             print(cpu_line(floor_cpu, "each floor burst's t0"))
-            mine, least = result["cpu"]["total_ms"]["p50"], floor_cpu["total_ms"]["p50"]
-            if least > 0:
-                print(f"prompt's CPU per burst = {mine / least:.2f} x the floor's")
+            times = ratio(result["cpu"]["total_ms"]["p50"], floor_cpu["total_ms"]["p50"])
+            if times is not None:
+                print(f"prompt's CPU per burst = {times:.2f} x the floor's")
     if args.json:
         args.json.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     ok = result["lost"] == 0 and result["duplicates"] == 0
